@@ -1,0 +1,3 @@
+from dockyard.runtime.cli import main
+
+raise SystemExit(main())
