@@ -114,7 +114,13 @@ _libc.mount.argtypes = [
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.prctl.argtypes = [
+    ctypes.c_int,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+]
 _libc.setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 _libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 
@@ -276,3 +282,51 @@ def pidfd_send_signal(pidfd: int, sig: int) -> None:
         ),
         "pidfd_send_signal",
     )
+
+
+class _Statfs(ctypes.Structure):
+    _fields_ = [
+        ("f_type", ctypes.c_long),
+        ("f_bsize", ctypes.c_long),
+        ("f_blocks", ctypes.c_ulong),
+        ("f_bfree", ctypes.c_ulong),
+        ("f_bavail", ctypes.c_ulong),
+        ("f_files", ctypes.c_ulong),
+        ("f_ffree", ctypes.c_ulong),
+        ("f_fsid", ctypes.c_int * 2),
+        ("f_namelen", ctypes.c_long),
+        ("f_frsize", ctypes.c_long),
+        ("f_flags", ctypes.c_long),
+        ("f_spare", ctypes.c_long * 4),
+    ]
+
+
+def statfs_type(path: str) -> int:
+    """The filesystem magic number of ``path`` (statfs(2) f_type)."""
+    buf = _Statfs()
+    _check(_libc.statfs(_b(path), ctypes.byref(buf)), f"statfs {path}", path)
+    return int(buf.f_type)
+
+
+# statvfs(3) ST_* -> mount(2) MS_* (same values except ST_RELATIME)
+_ST_TO_MS = {
+    1: MS_RDONLY,
+    2: MS_NOSUID,
+    4: MS_NODEV,
+    8: MS_NOEXEC,
+    16: MS_SYNCHRONOUS,
+    64: MS_MANDLOCK,
+    1024: MS_NOATIME,
+    2048: MS_NODIRATIME,
+    4096: MS_RELATIME,
+}
+
+
+def statvfs_mount_flags(path: str) -> int:
+    """The locked per-mount flags of ``path`` as MS_* bits (for bind remounts)."""
+    f = os.statvfs(path).f_flag
+    out = 0
+    for st, ms in _ST_TO_MS.items():
+        if f & st:
+            out |= ms
+    return out

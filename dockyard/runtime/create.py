@@ -1,0 +1,287 @@
+"""``create``: build the container and leave its init waiting for ``start``.
+
+On any failure everything done so far is undone: init is killed, the cgroup
+removed, the state directory deleted (runtime.md: a failed create leaves no
+container behind).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from dockyard.errors import ConfigError, Unsupported
+from dockyard.runtime import state as st
+from dockyard.runtime.init import InitContext, container_init
+from dockyard.runtime.nsexec import spawn
+from dockyard.runtime.process import Finalizer
+from dockyard.spec.runtime import OCI_VERSION, load_bundle_config
+from dockyard.spec.runtime import rootfs_path as rootfs_path_of
+
+
+@dataclass
+class CreateOptions:
+    bundle: str
+    console_socket: str | None = None
+    pid_file: str | None = None
+    no_pivot: bool = False
+    no_new_keyring: bool = False
+    preserve_fds: int = 0
+
+
+def check_host_support(cfg: dict[str, Any]) -> None:
+    """Refuse what this host cannot do, instead of silently ignoring it."""
+    proc = cfg.get("process") or {}
+    linux = cfg.get("linux") or {}
+    if proc.get("apparmorProfile") and not os.path.exists("/sys/kernel/security/apparmor"):
+        raise Unsupported(
+            "process.apparmorProfile: AppArmor is not enabled on this host "
+            f"(profile {proc['apparmorProfile']!r} requested)"
+        )
+    if proc.get("apparmorProfile"):
+        raise Unsupported("process.apparmorProfile: AppArmor profiles are not supported yet")
+    selinux = proc.get("selinuxLabel") or linux.get("mountLabel")
+    if selinux:
+        raise Unsupported(
+            "process.selinuxLabel/linux.mountLabel: SELinux is not enabled on this host"
+        )
+    if linux.get("intelRdt"):
+        raise Unsupported("linux.intelRdt: Intel RDT (resctrl) is not available on this host")
+    if linux.get("personality"):
+        dom = (linux["personality"] or {}).get("domain")
+        if dom not in ("LINUX", "LINUX32"):
+            raise ConfigError("linux.personality.domain", f"unsupported domain {dom!r}")
+    if proc.get("ioPriority") or proc.get("scheduler") or linux.get("memoryPolicy"):
+        raise Unsupported("process.ioPriority/scheduler: not supported by this runtime yet")
+    ns_types = {n["type"] for n in linux.get("namespaces") or []}
+    if "mount" not in ns_types:
+        raise ConfigError("linux.namespaces", "a mount namespace is required to set up the rootfs")
+    if (cfg.get("hostname") or cfg.get("domainname")) and "uts" not in ns_types:
+        raise ConfigError("hostname", "setting the hostname requires a new uts namespace")
+    if "time" in ns_types and not os.path.exists("/proc/self/ns/time"):
+        raise Unsupported("linux.namespaces: time namespaces are not supported by this kernel")
+    if linux.get("timeOffsets") and "time" not in ns_types:
+        raise ConfigError("linux.timeOffsets", "requires a time namespace")
+    if ("uidMappings" in linux or "gidMappings" in linux) and "user" not in ns_types:
+        raise ConfigError("linux.uidMappings", "id mappings require a user namespace")
+    for key in linux.get("sysctl") or {}:
+        _check_sysctl(key, ns_types)
+
+
+_NET_SYSCTL = ("net.",)
+_IPC_SYSCTL = (
+    "kernel.msgmax",
+    "kernel.msgmnb",
+    "kernel.msgmni",
+    "kernel.sem",
+    "kernel.shmall",
+    "kernel.shmmax",
+    "kernel.shmmni",
+    "kernel.shm_rmid_forced",
+    "fs.mqueue.",
+)
+
+
+def _check_sysctl(key: str, ns: set[str]) -> None:
+    """Only namespaced sysctls may be set, and only with their namespace (as runc)."""
+    if key.startswith(_NET_SYSCTL):
+        if "network" not in ns:
+            raise ConfigError(f"linux.sysctl.{key}", "needs a new network namespace")
+        return
+    if key in _IPC_SYSCTL or key.startswith("fs.mqueue."):
+        if "ipc" not in ns:
+            raise ConfigError(f"linux.sysctl.{key}", "needs a new ipc namespace")
+        return
+    if key in ("kernel.hostname", "kernel.domainname"):
+        if "uts" not in ns:
+            raise ConfigError(f"linux.sysctl.{key}", "needs a new uts namespace")
+        return
+    raise ConfigError(f"linux.sysctl.{key}", "is not namespaced: it would change the host")
+
+
+def _namespaces(cfg: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    join: dict[str, str] = {}
+    new: list[str] = []
+    for n in (cfg.get("linux") or {}).get("namespaces") or []:
+        if n.get("path"):
+            join[n["type"]] = n["path"]
+        else:
+            new.append(n["type"])
+    return join, new
+
+
+def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
+    """Create container ``cid``; returns its saved state with init waiting on the fifo."""
+    st.validate_id(cid)
+    bundle = os.path.abspath(opts.bundle)
+    cfg = load_bundle_config(bundle)
+    check_host_support(cfg)
+    rootfs_path = os.path.realpath(rootfs_path_of(bundle, cfg))
+    if not os.path.isdir(rootfs_path):
+        raise ConfigError("root.path", f"rootfs {rootfs_path} does not exist or is not a directory")
+    proc = cfg.get("process") or {}
+    if proc.get("terminal") and not opts.console_socket:
+        raise ConfigError(
+            "process.terminal", "a terminal needs --console-socket when the runtime detaches"
+        )
+
+    from dockyard.runtime.cgroups import new_manager
+
+    linux = cfg.get("linux") or {}
+    join, new = _namespaces(cfg)
+    cg = new_manager(linux.get("cgroupsPath") or None, cid)
+    d = st.make_dir(root, cid)
+    init_pid = 0
+    console_fd = None
+    fifo_fd = -1
+    ch = None
+    created_cg = False
+    try:
+        fifo = os.path.join(d, st.EXEC_FIFO)
+        os.mkfifo(fifo, 0o622)
+        os.chmod(fifo, 0o622)
+        fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
+        cg.create()
+        created_cg = True
+        if linux.get("resources"):
+            cg.set(linux["resources"])
+        if opts.console_socket:
+            from dockyard.runtime.console import connect
+
+            console_fd = connect(opts.console_socket)
+        fin = Finalizer(proc, linux.get("seccomp"))
+        if (cfg.get("hooks") or {}).get("startContainer"):
+            import subprocess  # noqa: F401  (the hook runs after pivot_root)
+        ctx = InitContext(
+            id=cid,
+            bundle=bundle,
+            rootfs=rootfs_path,
+            cfg=cfg,
+            fifo_fd=fifo_fd,
+            cgroup_paths=cg.paths,
+            namespaces=set(join) | set(new),
+            finalizer=fin,
+            console_fd=console_fd,
+            preserve_fds=opts.preserve_fds,
+            no_pivot=opts.no_pivot,
+            no_new_keyring=opts.no_new_keyring,
+            new_netns="network" in new,
+            new_ipcns="ipc" in new,
+            new_cgroupns="cgroup" in new,
+            new_userns="user" in new,
+        )
+        init_pid, ch = spawn(
+            join=join,
+            new=new,
+            linux=linux,
+            child=lambda c: container_init(ctx, c),
+            before_go=cg.apply,
+        )
+        if console_fd is not None:
+            os.close(console_fd)
+            console_fd = None
+        start_time = st.process_start_time(init_pid)
+        state = st.ContainerState(
+            root,
+            cid,
+            {
+                "ociVersion": OCI_VERSION,
+                "id": cid,
+                "pid": init_pid,
+                "start_time": start_time,
+                "bundle": bundle,
+                "rootfs": rootfs_path,
+                "created": _now(),
+                "owner": "",
+                "cgroup_paths": cg.paths,
+                "config": cfg,
+                "namespaces": sorted(set(join) | set(new)),
+            },
+        )
+        ch.expect("hooks")
+        oci = {
+            "ociVersion": cfg.get("ociVersion", OCI_VERSION),
+            "id": cid,
+            "status": st.CREATING,
+            "pid": init_pid,
+            "bundle": bundle,
+        }
+        if cfg.get("annotations"):
+            oci["annotations"] = cfg["annotations"]
+        import json
+
+        from dockyard.runtime.hooks import run_hooks
+
+        run_hooks(cfg, "prestart", oci)
+        run_hooks(cfg, "createRuntime", oci)
+        ch.send("ok", json.dumps(oci))
+        ch.expect("ready")
+        ch.close()
+        ch = None
+        state.save()
+        if opts.pid_file:
+            _write_pid_file(opts.pid_file, init_pid)
+        return state
+    except BaseException:
+        if ch is not None:
+            ch.close()
+        if console_fd is not None:
+            os.close(console_fd)
+        if init_pid:
+            _kill_and_wait(init_pid)
+        if created_cg:
+            try:
+                cg.kill_all(signal.SIGKILL)
+            except Exception:
+                pass
+            _destroy_quietly(cg)
+        _remove_state_dir(d)
+        raise
+    finally:
+        if fifo_fd >= 0:
+            os.close(fifo_fd)
+
+
+def _now() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
+
+
+def _write_pid_file(path: str, pid: int) -> None:
+    path = os.path.abspath(path)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.rename(tmp, path)
+
+
+def _kill_and_wait(pid: int, timeout: float = 10.0) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            if st.process_start_time(pid) is None:
+                return
+        time.sleep(0.005)
+
+
+def _destroy_quietly(cg: Any) -> None:
+    try:
+        cg.destroy()
+    except Exception:
+        pass
+
+
+def _remove_state_dir(d: str) -> None:
+    import shutil
+
+    shutil.rmtree(d, ignore_errors=True)

@@ -1,0 +1,71 @@
+"""``delete``: remove a stopped container (or, with --force, kill it first)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+
+from dockyard.errors import FailedPrecondition, NotFound
+from dockyard.runtime import state as st
+
+
+def destroy(s: st.ContainerState) -> None:
+    """Kill what is left, remove the cgroup, run poststop hooks, drop the state."""
+    from dockyard.runtime.cgroups import new_manager
+
+    cfg = s.config
+    cg = new_manager((cfg.get("linux") or {}).get("cgroupsPath") or None, s.id)
+    if cg.exists():
+        # without a private pid namespace, init's death does not end the rest
+        if cg.pids():
+            cg.kill_all(signal.SIGKILL)
+            if cg.frozen():
+                cg.thaw()
+            _wait(lambda: not cg.pids(), 10.0)
+        cg.destroy()
+    hooks = (cfg.get("hooks") or {}).get("poststop")
+    oci = s.oci_state()
+    shutil.rmtree(s.dir, ignore_errors=True)
+    if hooks:
+        from dockyard.runtime.hooks import run_hooks
+
+        try:
+            run_hooks(cfg, "poststop", oci)
+        except Exception as e:  # runtime.md: poststop failures are logged, not fatal
+            os.write(2, f"warning: {e}\n".encode())
+
+
+def _wait(cond: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def delete(root: str, cid: str, force: bool = False) -> None:
+    try:
+        s = st.load(root, cid)
+    except NotFound:
+        if force:
+            return
+        raise
+    status = s.status()
+    if status in (st.RUNNING, st.PAUSED) and not force:
+        raise FailedPrecondition(
+            f"cannot delete container {cid!r}: it is {status} (stop it first or use --force)"
+        )
+    if status != st.STOPPED:
+        try:
+            os.kill(s.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if status == st.PAUSED:
+            from dockyard.runtime.cgroups import new_manager
+
+            new_manager((s.config.get("linux") or {}).get("cgroupsPath") or None, s.id).thaw()
+        _wait(lambda: not s.alive(), 10.0)
+    destroy(s)

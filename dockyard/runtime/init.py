@@ -1,0 +1,160 @@
+"""The container's init before it becomes the user's program (stage 2 of create).
+
+It runs inside the new namespaces and builds the container: rootfs mounts,
+devices, hooks, pivot_root, console, hostname, sysctls, masked and readonly
+paths; then it finalizes the process, tells the runtime it is ready, and
+blocks opening the exec fifo for writing until ``start`` opens it to read.
+Only then does it run the startContainer hooks and execve the program.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from dockyard.errors import SystemFailure
+from dockyard.runtime import libc, rootfs
+from dockyard.runtime.hooks import run_hooks
+from dockyard.runtime.nsexec import Channel
+from dockyard.runtime.process import Finalizer, set_rlimits, write_oom_score_adj
+
+
+@dataclass
+class InitContext:
+    id: str
+    bundle: str
+    rootfs: str
+    cfg: dict[str, Any]
+    fifo_fd: int
+    cgroup_paths: dict[str, str]
+    namespaces: set[str]
+    finalizer: Finalizer
+    console_fd: int | None = None
+    preserve_fds: int = 0
+    no_pivot: bool = False
+    no_new_keyring: bool = False
+    new_netns: bool = True
+    new_ipcns: bool = True
+    new_cgroupns: bool = False
+    new_userns: bool = False
+    extra_keep: set[int] = field(default_factory=set)
+
+
+def _rootfs_parent_private(path: str) -> None:
+    """pivot_root refuses a new root whose parent mount is shared: make it private."""
+    best = "/"
+    parent = os.path.dirname(path.rstrip("/")) or "/"
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].replace("\\040", " ")
+            if (parent == mp or parent.startswith(mp.rstrip("/") + "/")) and len(mp) > len(best):
+                best = mp
+    libc.mount(None, best, None, libc.MS_PRIVATE)
+
+
+def prepare_rootfs(ctx: InitContext) -> None:
+    cfg = ctx.cfg
+    linux = cfg.get("linux") or {}
+    prop = linux.get("rootfsPropagation")
+    flags = rootfs.PROPAGATION[prop] if prop else libc.MS_SLAVE | libc.MS_REC
+    libc.mount(None, "/", None, flags)
+    _rootfs_parent_private(ctx.rootfs)
+    libc.mount(ctx.rootfs, ctx.rootfs, None, libc.MS_BIND | libc.MS_REC)
+    mounts = cfg.get("mounts") or []
+    for i, m in enumerate(mounts):
+        rootfs.mount_one(ctx.rootfs, m, i, ctx)
+    dev_bound = any(
+        m.get("destination", "").rstrip("/") == "/dev"
+        and ("bind" in (m.get("options") or []) or m.get("type") == "bind")
+        for m in mounts
+    )
+    if not dev_bound:
+        rootfs.setup_dev(ctx.rootfs, linux.get("devices") or [], ctx.new_userns)
+    cwd = (cfg.get("process") or {}).get("cwd")
+    if cwd:
+        # runc creates a missing cwd; resolved inside the rootfs like any path
+        target = rootfs.secure_join(ctx.rootfs, cwd)
+        if not os.path.lexists(target):
+            os.makedirs(target, 0o755, exist_ok=True)
+
+
+def _sysctl(sysctl: dict[str, str]) -> None:
+    if not rootfs.is_procfs("/proc"):
+        raise SystemFailure("/proc in the container is not procfs: refusing to write sysctls")
+    for key, value in sysctl.items():
+        path = "/proc/sys/" + key.replace(".", "/")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.write(fd, value.encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise SystemFailure(
+                f"set sysctl {key}={value}: {os.strerror(e.errno or 0).lower()}"
+            ) from None
+
+
+def container_init(ctx: InitContext, ch: Channel) -> NoReturn:
+    cfg = ctx.cfg
+    proc = cfg.get("process") or {}
+    linux = cfg.get("linux") or {}
+    os.setsid()
+    prepare_rootfs(ctx)
+    ch.send("hooks")
+    state_json = ch.expect("ok")
+    if (cfg.get("hooks") or {}).get("createContainer"):
+        run_hooks(cfg, "createContainer", json.loads(state_json))
+    if ctx.no_pivot:
+        rootfs.chroot_no_pivot(ctx.rootfs)
+    else:
+        rootfs.pivot_root(ctx.rootfs)
+    if proc.get("terminal") and ctx.console_fd is not None:
+        from dockyard.runtime.console import setup_console
+
+        setup_console(ctx.console_fd, proc.get("consoleSize"))
+    if cfg.get("hostname"):
+        libc.sethostname(cfg["hostname"])
+    if cfg.get("domainname"):
+        libc.setdomainname(cfg["domainname"])
+    if linux.get("sysctl"):
+        _sysctl(linux["sysctl"])
+    for p in linux.get("readonlyPaths") or []:
+        rootfs.readonly_path(p)
+    for p in linux.get("maskedPaths") or []:
+        rootfs.mask_path(p)
+    if (cfg.get("root") or {}).get("readonly"):
+        rootfs.remount_root_readonly()
+    if proc.get("oomScoreAdj") is not None:
+        if not rootfs.is_procfs("/proc"):
+            raise SystemFailure("/proc in the container is not procfs: refusing oom_score_adj")
+        write_oom_score_adj(int(proc["oomScoreAdj"]))
+    if proc.get("rlimits"):
+        set_rlimits(proc["rlimits"])
+    if not ctx.no_new_keyring:
+        try:
+            libc.join_session_keyring(f"_ses.{ctx.id}"[:64])
+        except OSError as e:
+            if e.errno != 38:  # ENOSYS: keyrings not available (some sandboxes)
+                raise
+    fin = ctx.finalizer
+    keep = {0, 1, 2, ch.fileno(), ctx.fifo_fd, *range(3, 3 + ctx.preserve_fds)}
+    for fd in range(3, 3 + ctx.preserve_fds):
+        os.set_inheritable(fd, True)
+    fin.finalize(keep)
+    ch.send("ready")
+    ch.close()
+    # blocks until `start` opens the fifo for reading
+    fd = os.open(f"/proc/self/fd/{ctx.fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+    os.write(fd, b"0")
+    os.close(fd)
+    os.close(ctx.fifo_fd)
+    if (cfg.get("hooks") or {}).get("startContainer"):
+        run_hooks(cfg, "startContainer", json.loads(state_json) | {"status": "running"})
+    try:
+        fin.exec()
+    except SystemFailure as e:
+        os.write(2, f"dockyard-runtime: {e}\n".encode())
+    os._exit(127)

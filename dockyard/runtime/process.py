@@ -1,0 +1,214 @@
+"""The last steps before the container's program runs, shared by init and exec.
+
+Order (as runc's finalizeNamespace and the spec require): rlimits and the
+keyring while still privileged; the seccomp filter early only when it must be
+loaded with CAP_SYS_ADMIN (no noNewPrivileges); close every fd the runtime
+holds; change directory (after closing, so no fd can be a way out of the
+rootfs: CVE-2024-21626); bounding set, groups, gid, uid, capabilities;
+no_new_privs; then, as late as possible, the seccomp filter and execve.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from typing import Any
+
+from dockyard.errors import ConfigError, SystemFailure
+from dockyard.runtime import caps as capmod
+from dockyard.runtime import libc
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def env_dict(env: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for kv in env:
+        k, _, v = kv.partition("=")
+        out[k] = v
+    return out
+
+
+def lookup_home(uid: int) -> str:
+    """HOME from /etc/passwd of the (already entered) root, as runc sets it."""
+    try:
+        with open("/etc/passwd") as f:
+            for line in f:
+                parts = line.rstrip("\n").split(":")
+                if len(parts) >= 6 and parts[2] == str(uid):
+                    return parts[5] or "/"
+    except OSError:
+        pass
+    return "/"
+
+
+def find_executable(arg0: str, env: dict[str, str]) -> str:
+    """Resolve args[0] against the container's PATH (inside the new root)."""
+    if "/" in arg0:
+        if not os.path.exists(arg0):
+            raise SystemFailure(f'exec: "{arg0}": no such file or directory')
+        return arg0
+    for d in (env.get("PATH") or DEFAULT_PATH).split(":"):
+        p = os.path.join(d or ".", arg0)
+        if os.path.isfile(p) and os.access(p, os.X_OK):
+            return p
+    raise SystemFailure(f'exec: "{arg0}": executable file not found in $PATH')
+
+
+RLIMITS_BY_NAME: dict[str, int] = {
+    "RLIMIT_CPU": 0,
+    "RLIMIT_FSIZE": 1,
+    "RLIMIT_DATA": 2,
+    "RLIMIT_STACK": 3,
+    "RLIMIT_CORE": 4,
+    "RLIMIT_RSS": 5,
+    "RLIMIT_NPROC": 6,
+    "RLIMIT_NOFILE": 7,
+    "RLIMIT_MEMLOCK": 8,
+    "RLIMIT_AS": 9,
+    "RLIMIT_LOCKS": 10,
+    "RLIMIT_SIGPENDING": 11,
+    "RLIMIT_MSGQUEUE": 12,
+    "RLIMIT_NICE": 13,
+    "RLIMIT_RTPRIO": 14,
+    "RLIMIT_RTTIME": 15,
+}
+
+
+def set_rlimits(rlimits: list[dict[str, Any]]) -> None:
+    for i, r in enumerate(rlimits):
+        num = RLIMITS_BY_NAME.get(r["type"])
+        if num is None:
+            raise ConfigError(f"process.rlimits[{i}].type", f"unknown rlimit {r['type']!r}")
+        soft, hard = int(r["soft"]), int(r["hard"])
+        inf = resource.RLIM_INFINITY
+        try:
+            resource.setrlimit(num, (inf if soft < 0 else soft, inf if hard < 0 else hard))
+        except (ValueError, OSError) as e:
+            cur = resource.getrlimit(num)
+            raise SystemFailure(
+                f"set {r['type']} to soft {soft} hard {hard}: {e} "
+                f"(current hard limit {cur[1]}; raising it needs CAP_SYS_RESOURCE)"
+            ) from None
+
+
+def write_oom_score_adj(value: int) -> None:
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except OSError as e:
+        with open("/proc/self/oom_score_adj") as f:
+            cur = f.read().strip()
+        raise SystemFailure(
+            f"set oom_score_adj to {value}: {os.strerror(e.errno or 0).lower()} "
+            f"(current value {cur}; lowering it needs CAP_SYS_RESOURCE)"
+        ) from None
+
+
+def close_fds_except(keep: set[int]) -> None:
+    """Close every fd not in ``keep``: no runtime fd may reach the container."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def change_dir(cwd: str) -> None:
+    """chdir into the container's cwd and make sure it is inside its root."""
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        raise SystemFailure(f"chdir to cwd {cwd!r}: {os.strerror(e.errno or 0).lower()}") from None
+    try:
+        here = os.getcwd()
+    except OSError:
+        here = "(unreachable)"
+    if not here.startswith("/"):
+        raise SystemFailure(f"cwd {cwd!r} is outside the container's root")
+
+
+def set_user(user: dict[str, Any], userns_setgroups: bool = True) -> None:
+    uid = int(user.get("uid", 0))
+    gid = int(user.get("gid", 0))
+    groups = [int(g) for g in user.get("additionalGids") or []]
+    try:
+        if userns_setgroups:
+            os.setgroups(groups)
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    except OSError as e:
+        raise SystemFailure(
+            f"set user {uid}:{gid} groups {groups}: {os.strerror(e.errno or 0).lower()}"
+        ) from None
+    umask = user.get("umask")
+    os.umask(0o022 if umask is None else int(umask))
+
+
+def can_setgroups() -> bool:
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() != "deny"
+    except OSError:
+        return True
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+class Finalizer:
+    """Carries one process through finalize -> exec.
+
+    Built in the runtime before it forks into the container: everything that
+    needs the host's files (Python modules, libseccomp) is loaded here, since
+    after pivot_root or setns into the mount namespace they are out of reach.
+    """
+
+    def __init__(self, proc: dict[str, Any], seccomp_cfg: dict[str, Any] | None) -> None:
+        self.proc = proc
+        self.args: list[str] = list(proc.get("args") or [])
+        if not self.args:
+            raise ConfigError("process.args", "must name the program to run")
+        self.env = env_dict(proc.get("env") or [])
+        self.user = proc.get("user") or {}
+        self.nnp = bool(proc.get("noNewPrivileges"))
+        # the init's stderr is the container's: no warnings there (runc logs them)
+        self.caps = capmod.prepare_capabilities(proc.get("capabilities"), warn=_quiet)
+        self.seccomp = None
+        if seccomp_cfg:
+            from dockyard.runtime import seccomp
+
+            self.seccomp = seccomp.build_filter(seccomp_cfg)
+        self.notify_fd: int | None = None
+        if proc.get("terminal"):
+            from dockyard.runtime import console  # noqa: F401
+
+    def finalize(self, keep_fds: set[int]) -> None:
+        """Everything up to (not including) waiting for start and execve."""
+        if self.seccomp is not None and not self.nnp:
+            self.notify_fd = self.seccomp.load()
+        close_fds_except(keep_fds | ({self.notify_fd} if self.notify_fd is not None else set()))
+        change_dir(self.proc.get("cwd") or "/")
+        capmod.apply_before_setuid(self.caps, warn=_quiet)
+        set_user(self.user, can_setgroups())
+        capmod.apply_after_setuid(self.caps, warn=_quiet)
+        if self.nnp:
+            libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+        if "HOME" not in self.env:
+            self.env["HOME"] = lookup_home(int(self.user.get("uid", 0)))
+        if "PATH" not in self.env:
+            self.env["PATH"] = DEFAULT_PATH
+        self.exe = find_executable(self.args[0], self.env)
+
+    def exec(self) -> None:
+        if self.seccomp is not None and self.nnp:
+            self.notify_fd = self.seccomp.load()
+        try:
+            os.execve(self.exe, self.args, self.env)
+        except OSError as e:
+            raise SystemFailure(
+                f'exec: "{self.args[0]}": {os.strerror(e.errno or 0).lower()}'
+            ) from None

@@ -1,0 +1,39 @@
+"""``start``: let a created container's init run the user's program."""
+
+from __future__ import annotations
+
+import os
+import select
+
+from dockyard.errors import FailedPrecondition, SystemFailure
+from dockyard.runtime import state as st
+
+
+def start(root: str, cid: str) -> None:
+    s = st.load(root, cid)
+    status = s.status()
+    if status != st.CREATED:
+        raise FailedPrecondition(f"cannot start container {cid!r}: it is {status}, not created")
+    try:
+        fd = os.open(s.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FailedPrecondition(f"cannot start container {cid!r}: already started") from None
+    try:
+        # init is blocked opening the fifo for writing; our open released it.
+        # Wait for its byte, but give up if init died meanwhile.
+        while True:
+            r, _, _ = select.select([fd], [], [], 0.05)
+            if r:
+                data = os.read(fd, 1)
+                if data:
+                    break
+            if not s.alive():
+                raise SystemFailure(f"start container {cid!r}: its init exited before start")
+    finally:
+        os.close(fd)
+    os.unlink(s.fifo)
+    hooks = (s.config.get("hooks") or {}).get("poststart")
+    if hooks:
+        from dockyard.runtime.hooks import run_hooks
+
+        run_hooks(s.config, "poststart", s.oci_state())
