@@ -14,7 +14,11 @@ import os
 import socket
 import struct
 import termios
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 # <asm-generic/ioctls.h>; not exported by the termios module
 TIOCGPTN = 0x80045430

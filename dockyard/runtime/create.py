@@ -8,12 +8,10 @@ container behind).
 from __future__ import annotations
 
 import os
-import signal
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from dockyard.errors import ConfigError, Unsupported
+from dockyard.runtime import libc
 from dockyard.runtime import state as st
 from dockyard.runtime.init import InitContext, container_init
 from dockyard.runtime.nsexec import spawn
@@ -21,15 +19,28 @@ from dockyard.runtime.process import Finalizer
 from dockyard.spec.runtime import OCI_VERSION, load_bundle_config
 from dockyard.spec.runtime import rootfs_path as rootfs_path_of
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-@dataclass
+
 class CreateOptions:
-    bundle: str
-    console_socket: str | None = None
-    pid_file: str | None = None
-    no_pivot: bool = False
-    no_new_keyring: bool = False
-    preserve_fds: int = 0
+    def __init__(
+        self,
+        *,
+        bundle: str,
+        console_socket: str | None = None,
+        pid_file: str | None = None,
+        no_pivot: bool = False,
+        no_new_keyring: bool = False,
+        preserve_fds: int = 0,
+    ) -> None:
+        self.bundle = bundle
+        self.console_socket = console_socket
+        self.pid_file = pid_file
+        self.no_pivot = no_pivot
+        self.no_new_keyring = no_new_keyring
+        self.preserve_fds = preserve_fds
 
 
 def check_host_support(cfg: dict[str, Any]) -> None:
@@ -211,13 +222,12 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
         }
         if cfg.get("annotations"):
             oci["annotations"] = cfg["annotations"]
-        import json
-
+        from dockyard import jsonio
         from dockyard.runtime.hooks import run_hooks
 
         run_hooks(cfg, "prestart", oci)
         run_hooks(cfg, "createRuntime", oci)
-        ch.send("ok", json.dumps(oci))
+        ch.send("ok", jsonio.dumps(oci))
         ch.expect("ready")
         ch.close()
         ch = None
@@ -234,11 +244,11 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
             _kill_and_wait(init_pid)
         if created_cg:
             try:
-                cg.kill_all(signal.SIGKILL)
+                cg.kill_all(libc.SIGKILL)
             except Exception:
                 pass
             _destroy_quietly(cg)
-        _remove_state_dir(d)
+        st.remove_dir(d)
         raise
     finally:
         if fifo_fd >= 0:
@@ -260,7 +270,7 @@ def _write_pid_file(path: str, pid: int) -> None:
 
 def _kill_and_wait(pid: int, timeout: float = 10.0) -> None:
     try:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, libc.SIGKILL)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
@@ -279,9 +289,3 @@ def _destroy_quietly(cg: Any) -> None:
         cg.destroy()
     except Exception:
         pass
-
-
-def _remove_state_dir(d: str) -> None:
-    import shutil
-
-    shutil.rmtree(d, ignore_errors=True)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import time
 
 from dockyard.errors import FailedPrecondition, NotFound
+from dockyard.runtime import libc
 from dockyard.runtime import state as st
 
 
@@ -20,14 +19,14 @@ def destroy(s: st.ContainerState) -> None:
     if cg.exists():
         # without a private pid namespace, init's death does not end the rest
         if cg.pids():
-            cg.kill_all(signal.SIGKILL)
+            cg.kill_all(libc.SIGKILL)
             if cg.frozen():
                 cg.thaw()
             _wait(lambda: not cg.pids(), 10.0)
         cg.destroy()
     hooks = (cfg.get("hooks") or {}).get("poststop")
     oci = s.oci_state()
-    shutil.rmtree(s.dir, ignore_errors=True)
+    st.remove_dir(s.dir)
     if hooks:
         from dockyard.runtime.hooks import run_hooks
 
@@ -60,7 +59,7 @@ def delete(root: str, cid: str, force: bool = False) -> None:
         )
     if status != st.STOPPED:
         try:
-            os.kill(s.pid, signal.SIGKILL)
+            os.kill(s.pid, libc.SIGKILL)
         except ProcessLookupError:
             pass
         if status == st.PAUSED:

@@ -10,8 +10,6 @@ until execve replaces it with the container's program.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
 
 from dockyard.errors import FailedPrecondition, InvalidArgument, SystemFailure
 from dockyard.runtime import libc
@@ -19,24 +17,46 @@ from dockyard.runtime import state as st
 from dockyard.runtime.nsexec import Channel, spawn
 from dockyard.runtime.process import Finalizer, set_rlimits
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
-@dataclass
+
 class ExecOptions:
-    process_file: str | None = None
-    args: list[str] = field(default_factory=list)
-    detach: bool = False
-    tty: bool = False
-    console_socket: str | None = None
-    pid_file: str | None = None
-    env: list[str] = field(default_factory=list)
-    cwd: str | None = None
-    user: str | None = None
-    additional_gids: list[int] = field(default_factory=list)
-    caps: list[str] = field(default_factory=list)
-    no_new_privs: bool = False
-    preserve_fds: int = 0
-    apparmor: str | None = None
-    process_label: str | None = None
+    def __init__(
+        self,
+        *,
+        process_file: str | None = None,
+        args: list[str] | None = None,
+        detach: bool = False,
+        tty: bool = False,
+        console_socket: str | None = None,
+        pid_file: str | None = None,
+        env: list[str] | None = None,
+        cwd: str | None = None,
+        user: str | None = None,
+        additional_gids: list[int] | None = None,
+        caps: list[str] | None = None,
+        no_new_privs: bool = False,
+        preserve_fds: int = 0,
+        apparmor: str | None = None,
+        process_label: str | None = None,
+    ) -> None:
+        self.process_file = process_file
+        self.args = list() if args is None else args
+        self.detach = detach
+        self.tty = tty
+        self.console_socket = console_socket
+        self.pid_file = pid_file
+        self.env = list() if env is None else env
+        self.cwd = cwd
+        self.user = user
+        self.additional_gids = list() if additional_gids is None else additional_gids
+        self.caps = list() if caps is None else caps
+        self.no_new_privs = no_new_privs
+        self.preserve_fds = preserve_fds
+        self.apparmor = apparmor
+        self.process_label = process_label
 
 
 def build_process(cfg: dict[str, Any], opts: ExecOptions) -> dict[str, Any]:

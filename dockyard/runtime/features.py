@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from dockyard.runtime.rootfs import MOUNT_FLAGS, PROPAGATION
 from dockyard.spec.runtime import CAPABILITIES, HOOK_NAMES, NAMESPACE_TYPES, OCI_VERSION
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def features() -> dict[str, Any]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any
 
+from dockyard import jsonio
 from dockyard.errors import SystemFailure
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def run_hooks(cfg: dict[str, Any], name: str, state: dict[str, Any]) -> None:
@@ -18,7 +21,7 @@ def run_hooks(cfg: dict[str, Any], name: str, state: dict[str, Any]) -> None:
     hooks = (cfg.get("hooks") or {}).get(name) or []
     if not hooks:
         return
-    payload = json.dumps(state).encode()
+    payload = jsonio.dumps(state).encode()
     for i, h in enumerate(hooks):
         run_hook(h, payload, f"{name}[{i}]")
 

@@ -9,37 +9,57 @@ Only then does it run the startContainer hooks and execve the program.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
 
+from dockyard import jsonio
 from dockyard.errors import SystemFailure
 from dockyard.runtime import libc, rootfs
 from dockyard.runtime.hooks import run_hooks
 from dockyard.runtime.nsexec import Channel
 from dockyard.runtime.process import Finalizer, set_rlimits, write_oom_score_adj
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
-@dataclass
+
 class InitContext:
-    id: str
-    bundle: str
-    rootfs: str
-    cfg: dict[str, Any]
-    fifo_fd: int
-    cgroup_paths: dict[str, str]
-    namespaces: set[str]
-    finalizer: Finalizer
-    console_fd: int | None = None
-    preserve_fds: int = 0
-    no_pivot: bool = False
-    no_new_keyring: bool = False
-    new_netns: bool = True
-    new_ipcns: bool = True
-    new_cgroupns: bool = False
-    new_userns: bool = False
-    extra_keep: set[int] = field(default_factory=set)
+    def __init__(
+        self,
+        *,
+        id: str,
+        bundle: str,
+        rootfs: str,
+        cfg: dict[str, Any],
+        fifo_fd: int,
+        cgroup_paths: dict[str, str],
+        namespaces: set[str],
+        finalizer: Finalizer,
+        console_fd: int | None = None,
+        preserve_fds: int = 0,
+        no_pivot: bool = False,
+        no_new_keyring: bool = False,
+        new_netns: bool = True,
+        new_ipcns: bool = True,
+        new_cgroupns: bool = False,
+        new_userns: bool = False,
+    ) -> None:
+        self.id = id
+        self.bundle = bundle
+        self.rootfs = rootfs
+        self.cfg = cfg
+        self.fifo_fd = fifo_fd
+        self.cgroup_paths = cgroup_paths
+        self.namespaces = namespaces
+        self.finalizer = finalizer
+        self.console_fd = console_fd
+        self.preserve_fds = preserve_fds
+        self.no_pivot = no_pivot
+        self.no_new_keyring = no_new_keyring
+        self.new_netns = new_netns
+        self.new_ipcns = new_ipcns
+        self.new_cgroupns = new_cgroupns
+        self.new_userns = new_userns
 
 
 def _rootfs_parent_private(path: str) -> None:
@@ -106,7 +126,7 @@ def container_init(ctx: InitContext, ch: Channel) -> NoReturn:
     ch.send("hooks")
     state_json = ch.expect("ok")
     if (cfg.get("hooks") or {}).get("createContainer"):
-        run_hooks(cfg, "createContainer", json.loads(state_json))
+        run_hooks(cfg, "createContainer", jsonio.loads(state_json))
     if ctx.no_pivot:
         rootfs.chroot_no_pivot(ctx.rootfs)
     else:
@@ -152,7 +172,7 @@ def container_init(ctx: InitContext, ch: Channel) -> NoReturn:
     os.close(fd)
     os.close(ctx.fifo_fd)
     if (cfg.get("hooks") or {}).get("startContainer"):
-        run_hooks(cfg, "startContainer", json.loads(state_json) | {"status": "running"})
+        run_hooks(cfg, "startContainer", jsonio.loads(state_json) | {"status": "running"})
     try:
         fin.exec()
     except SystemFailure as e:

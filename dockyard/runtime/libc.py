@@ -12,6 +12,9 @@ import os
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
+SIGKILL = 9
+SIGTERM = 15
+
 # clone(2) / unshare(2) / setns(2) flags
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000

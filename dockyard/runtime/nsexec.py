@@ -13,14 +13,18 @@ message is one datagram: a verb, a space, and an optional payload.
 
 from __future__ import annotations
 
+import _socket
 import os
-import socket
 import sys
-from collections.abc import Callable
-from typing import Any, NoReturn
 
 from dockyard.errors import DockyardError, SystemFailure
 from dockyard.runtime import libc
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, NoReturn
+
 
 # setns order: the user namespace first (it grants the capabilities to join
 # the rest), the mount namespace last (it changes what later paths mean).
@@ -30,7 +34,7 @@ JOIN_ORDER = ["user", "cgroup", "ipc", "uts", "network", "pid", "time", "mount"]
 class Channel:
     """One end of the parent/child sync socket."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
 
     def send(self, verb: str, payload: str = "") -> None:
@@ -123,7 +127,7 @@ def spawn(
                         f"open {kind} namespace {join[kind]}: {os.strerror(e.errno or 0).lower()}"
                     ) from None
                 ns_fds.append((kind, fd))
-        psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        psock, csock = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
             psock.close()

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import os
 import resource
-from typing import Any
 
 from dockyard.errors import ConfigError, SystemFailure
 from dockyard.runtime import caps as capmod
 from dockyard.runtime import libc
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any
 
 from dockyard.errors import ConfigError, SystemFailure, Unsupported
 from dockyard.runtime import libc
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 # mount option -> (clear, flags); clear=True means the option removes the flags
 MOUNT_FLAGS: dict[str, tuple[bool, int]] = {

@@ -7,8 +7,8 @@ exit status can be collected.
 
 from __future__ import annotations
 
+import _signal as signal  # the public module costs an enum import
 import os
-import signal
 
 from dockyard.runtime import libc
 from dockyard.runtime import state as st

@@ -9,11 +9,15 @@ opening it for writing until ``start`` opens it for reading.
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any
 
+from dockyard import jsonio
 from dockyard.errors import AlreadyExists, InvalidArgument, NotFound
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 DEFAULT_ROOT = "/run/dockyard-runtime"
 STATE_FILE = "state.json"
@@ -127,7 +131,7 @@ class ContainerState:
         tmp = os.path.join(self.dir, STATE_FILE + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(self.data, f)
+            f.write(jsonio.dumps(self.data))
         os.rename(tmp, os.path.join(self.dir, STATE_FILE))
 
 
@@ -150,8 +154,7 @@ def load(root: str, cid: str) -> ContainerState:
     validate_id(cid)
     path = os.path.join(root, cid, STATE_FILE)
     try:
-        with open(path) as f:
-            data = json.load(f)
+        data = jsonio.load_file(path)
     except FileNotFoundError:
         raise NotFound(f"container {cid!r} does not exist") from None
     except ValueError as e:
@@ -178,3 +181,20 @@ def list_ids(root: str) -> list[str]:
     except FileNotFoundError:
         return []
     return sorted(n for n in names if os.path.isfile(os.path.join(root, n, STATE_FILE)))
+
+
+def remove_dir(d: str) -> None:
+    """Remove a container's state directory (flat: state file, fifo, temp files)."""
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return
+    for n in names:
+        try:
+            os.unlink(os.path.join(d, n))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(d)
+    except FileNotFoundError:
+        pass

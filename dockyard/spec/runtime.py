@@ -214,8 +214,6 @@ def load_bundle_config(bundle: str, *, require_process: bool = True) -> dict[str
     process (runtime.md "start"; runc refuses a config without one).
     Raises ``ConfigError`` for every problem, with the JSON path of the field.
     """
-    import json  # here, not at the top: commands that only need the tables skip it
-
     path = os.path.join(bundle, CONFIG_FILE)
     try:
         with open(path, "rb") as f:
@@ -228,11 +226,16 @@ def load_bundle_config(bundle: str, *, require_process: bool = True) -> dict[str
         reason = (e.strerror or str(e)).lower()
         raise ConfigError("", f"read {path!r}: {reason}")
     try:
-        cfg: dict[str, Any] = json.loads(data)
-    except json.JSONDecodeError as e:
-        raise ConfigError("", f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg.lower()}")
+        from dockyard import jsonio
+
+        cfg: dict[str, Any] = jsonio.loads(data)
     except UnicodeDecodeError as e:
         raise ConfigError("", f"not valid UTF-8 at byte {e.start}")
+    except ValueError as e:
+        if not hasattr(e, "lineno"):
+            raise ConfigError("", f"invalid JSON: {e}")
+        line, col, msg = e.lineno, e.colno, e.msg.lower()  # type: ignore[attr-defined]
+        raise ConfigError("", f"invalid JSON at line {line}, column {col}: {msg}")
     except RecursionError:
         raise ConfigError("", "invalid JSON: nested too deeply")
     validate_config(cfg, require_process=require_process)

@@ -1,0 +1,74 @@
+"""JSON through the C accelerator alone, without importing the ``json`` package.
+
+``import json`` pulls in ``re`` and ``enum`` (about 10 ms here), which the
+per-container runtime and shim cannot afford on every start. The C scanner
+and encoder in ``_json`` do the real work either way; this wires them up the
+way ``json.decoder``/``json.encoder`` do for the compact, strict case. Errors
+fall back to the ``json`` package so that messages keep line and column.
+"""
+
+from __future__ import annotations
+
+import _json
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def _constant(name: str) -> Any:
+    raise ValueError(f"invalid JSON constant {name}")
+
+
+class _Context:
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = staticmethod(_constant)
+    memo: dict[str, str] = {}
+
+
+_scan = _json.make_scanner(_Context())
+_WS = " \t\n\r"
+
+
+def loads(data: str | bytes) -> Any:
+    """Parse one JSON document; raises ``ValueError`` (json.JSONDecodeError) when invalid."""
+    text = data.decode() if isinstance(data, bytes) else data
+    start = len(text) - len(text.lstrip(_WS))
+    try:
+        obj, end = _scan(text, start)
+    except StopIteration:
+        end = -1
+    if end < 0 or text[end:].strip(_WS):
+        import json
+
+        return json.loads(text)  # raises with the position of the problem
+    return obj
+
+
+def _float_repr(o: float) -> str:
+    if o != o or o in (float("inf"), float("-inf")):
+        raise ValueError(f"out of range float value {o!r} is not JSON compliant")
+    return float.__repr__(o)
+
+
+def _unknown(o: Any) -> Any:
+    raise TypeError(f"object of type {type(o).__name__} is not JSON serializable")
+
+
+_encode = _json.make_encoder(
+    {}, _unknown, _json.encode_basestring_ascii, None, ":", ",", False, False, False
+)
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON (no spaces), ASCII-escaped, like ``json.dumps(obj, separators=(",", ":"))``."""
+    return "".join(_encode(obj, 0))
+
+
+def load_file(path: str) -> Any:
+    with open(path, "rb") as f:
+        return loads(f.read())
