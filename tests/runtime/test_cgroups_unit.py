@@ -360,6 +360,12 @@ def test_bad_cgroups_paths(v1_root: Path) -> None:
         cgroups.new_manager("/a/..", "id", str(v1_root))
 
 
+def test_default_path_needs_a_usable_id(v1_root: Path) -> None:
+    for bad in ("", "..", "a/b"):
+        with pytest.raises(InvalidArgument, match="cannot name a cgroup"):
+            cgroups.new_manager(None, bad, str(v1_root))
+
+
 def test_no_hierarchy(tmp_path: Path) -> None:
     with pytest.raises(Unsupported, match="no cgroup hierarchy"):
         cgroups.new_manager("/a", "id", str(tmp_path))
@@ -452,6 +458,16 @@ def test_v1_unlimited_memory_means_unlimited_swap(v1_mgr: V1Manager) -> None:
     assert isinstance(steps[0], Group)
     assert writes(v1_mgr.plan({"pids": {"limit": -1}})) == [("pids.max", "max")]
     assert writes(v1_mgr.plan({"pids": {"limit": 0}})) == [("pids.max", "0")]
+
+
+def test_v1_without_swap_accounting(v1_mgr: V1Manager) -> None:
+    os.remove(os.path.join(v1_mgr.paths["memory"], "memory.memsw.limit_in_bytes"))
+    assert writes(v1_mgr.plan({"memory": {"limit": -1}})) == [("memory.limit_in_bytes", "-1")]
+    assert writes(v1_mgr.plan({"memory": {"limit": 100, "swap": -1}})) == [
+        ("memory.limit_in_bytes", "100")
+    ]
+    with pytest.raises(Unsupported, match=r"memory\.memsw\.limit_in_bytes does not exist"):
+        v1_mgr.set({"memory": {"limit": 100, "swap": 200}})
 
 
 def test_v1_group_retries_the_write_the_kernel_refused(

@@ -303,6 +303,10 @@ def resolve_paths(
     (from /proc/self/mountinfo) are read from the system when not given.
     """
     check_cgroups_path(cgroups_path)
+    if not cgroups_path and (
+        not container_id or "/" in container_id or container_id in (".", "..")
+    ):
+        raise InvalidArgument(f"container id {container_id!r}: cannot name a cgroup")
     path = cgroups_path or f"dockyard/{container_id}"
     mode = detect_mode(root)
     if mounts is None:

@@ -127,12 +127,11 @@ class V1Manager(CgroupManager):
             return
         d = self._dir("memory", "memory")
         limit, swap = v["limit"], v["swap"]
-        if (
-            limit == -1
-            and swap is None
-            and os.path.exists(os.path.join(d, "memory.memsw.limit_in_bytes"))
-        ):
-            swap = -1  # "unlimited memory" means unlimited memory+swap too, as in runc
+        if os.path.exists(os.path.join(d, "memory.memsw.limit_in_bytes")):
+            if limit == -1 and swap is None:
+                swap = -1  # "unlimited memory" means unlimited memory+swap too, as in runc
+        elif swap == -1:
+            swap = None  # no swap accounting: "unlimited swap" holds already
         if v["checkBeforeUpdate"] and limit is not None and limit > 0:
             usage = files.read_uint(d, "memory.usage_in_bytes")
             if usage > limit:
