@@ -40,7 +40,9 @@ def loads(data: str | bytes) -> Any:
     start = len(text) - len(text.lstrip(_WS))
     try:
         obj, end = _scan(text, start)
-    except StopIteration:
+    except (StopIteration, ValueError, SystemError):
+        # the C scanner builds its error from json.decoder, which may not be
+        # imported yet (then it fails with SystemError): let json report it
         end = -1
     if end < 0 or text[end:].strip(_WS):
         import json

@@ -430,6 +430,13 @@ def main(argv: list[str] | None = None) -> int:
         code = 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a bug: say so, and keep the traceback for --debug
+        msg = f"internal error: {type(e).__name__}: {e}"
+        code = 1
+        if glob is not None and glob.get("debug"):
+            import traceback
+
+            traceback.print_exc()
     sys.stderr.write(f"dockyard-runtime: {msg}\n")
     _log(glob, "error", msg)
     return code

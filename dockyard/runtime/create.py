@@ -43,6 +43,36 @@ class CreateOptions:
         self.preserve_fds = preserve_fds
 
 
+# What every container may use whatever its config says: the default devices
+# and the pty (runtime-spec config-linux.md "Default Devices").
+DEFAULT_DEVICE_RULES: list[dict[str, Any]] = [
+    *(
+        {"allow": True, "type": "c", "major": ma, "minor": mi, "access": "rwm"}
+        for ma, mi in ((1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2))
+    ),
+    {"allow": True, "type": "c", "major": 136, "access": "rwm"},
+]
+
+
+def cgroup_resources(linux: dict[str, Any]) -> dict[str, Any]:
+    """linux.resources with the default device rules after the config's own.
+
+    Each node of ``linux.devices`` may be created (mknod: "m"); reading or
+    writing it still takes a rule of the config's.
+    """
+    res = dict(linux.get("resources") or {})
+    nodes = [
+        {"allow": True, "type": d["type"], "major": d["major"], "minor": d["minor"], "access": "m"}
+        for d in linux.get("devices") or []
+        if d.get("type") in ("c", "b", "u") and "major" in d and "minor" in d
+    ]
+    for n in nodes:
+        if n["type"] == "u":
+            n["type"] = "c"
+    res["devices"] = [*(res.get("devices") or []), *DEFAULT_DEVICE_RULES, *nodes]
+    return res
+
+
 def check_host_support(cfg: dict[str, Any]) -> None:
     """Refuse what this host cannot do, instead of silently ignoring it."""
     proc = cfg.get("process") or {}
@@ -157,8 +187,7 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
         cg.create()
         created_cg = True
-        if linux.get("resources"):
-            cg.set(linux["resources"])
+        cg.set(cgroup_resources(linux))
         if opts.console_socket:
             from dockyard.runtime.console import connect
 

@@ -30,10 +30,7 @@ def destroy(s: st.ContainerState) -> None:
     if hooks:
         from dockyard.runtime.hooks import run_hooks
 
-        try:
-            run_hooks(cfg, "poststop", oci)
-        except Exception as e:  # runtime.md: poststop failures are logged, not fatal
-            os.write(2, f"warning: {e}\n".encode())
+        run_hooks(cfg, "poststop", oci)
 
 
 def _wait(cond: object, timeout: float) -> bool:

@@ -120,8 +120,10 @@ def exec_process(root: str, cid: str, opts: ExecOptions) -> int:
     """Run the process; returns its pid (detached) or its exit status (attached)."""
     s = st.load(root, cid)
     status = s.status()
-    if status not in (st.RUNNING, st.CREATED):
-        raise FailedPrecondition(f"cannot exec in container {cid!r}: it is {status}")
+    if status != st.RUNNING:
+        raise FailedPrecondition(
+            f"cannot exec in container {cid!r}: it is {status}, not running"
+        )
     cfg = s.config
     proc = build_process(cfg, opts)
     if proc.get("terminal") and not opts.console_socket and opts.detach:

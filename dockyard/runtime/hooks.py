@@ -12,8 +12,13 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+# runtime.md "Lifecycle": a failing poststart or poststop hook is a warning;
+# the remaining hooks and the lifecycle go on.
+WARN_ONLY = ("poststart", "poststop")
+
+
 def run_hooks(cfg: dict[str, Any], name: str, state: dict[str, Any]) -> None:
-    """Run every hook of kind ``name``; the first failure raises.
+    """Run every hook of kind ``name``; the first failure raises (see WARN_ONLY).
 
     A hook gets the container state JSON on stdin, its own args (args[0] is
     argv[0], not the path) and env, and is killed when its timeout passes.
@@ -23,7 +28,12 @@ def run_hooks(cfg: dict[str, Any], name: str, state: dict[str, Any]) -> None:
         return
     payload = jsonio.dumps(state).encode()
     for i, h in enumerate(hooks):
-        run_hook(h, payload, f"{name}[{i}]")
+        try:
+            run_hook(h, payload, f"{name}[{i}]")
+        except SystemFailure as e:
+            if name not in WARN_ONLY:
+                raise
+            os.write(2, f"dockyard-runtime: warning: {e}\n".encode())
 
 
 def run_hook(h: dict[str, Any], payload: bytes, what: str) -> None:

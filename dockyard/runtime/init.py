@@ -62,16 +62,24 @@ class InitContext:
         self.new_userns = new_userns
 
 
-def _rootfs_parent_private(path: str) -> None:
-    """pivot_root refuses a new root whose parent mount is shared: make it private."""
-    best = "/"
-    parent = os.path.dirname(path.rstrip("/")) or "/"
+def _rootfs_mount_unshared(path: str, slave: bool) -> None:
+    """Make the mount holding the rootfs private (or a slave) if it is shared.
+
+    pivot_root refuses a new root whose parent mount is shared, and binding
+    the rootfs onto itself below a shared mount would propagate to the host.
+    The mount is the longest mount point that is ``path`` or one of its parents.
+    """
+    best, best_shared = "/", False
     with open("/proc/self/mountinfo") as f:
         for line in f:
-            mp = line.split()[4].replace("\\040", " ")
-            if (parent == mp or parent.startswith(mp.rstrip("/") + "/")) and len(mp) > len(best):
+            fields = line.split()
+            mp = fields[4].replace("\\040", " ")
+            inside = path == mp or path.startswith(mp.rstrip("/") + "/")
+            if inside and len(mp) >= len(best):
                 best = mp
-    libc.mount(None, best, None, libc.MS_PRIVATE)
+                best_shared = any(o.startswith("shared:") for o in fields[6 : fields.index("-")])
+    if best_shared:
+        libc.mount(None, best, None, libc.MS_SLAVE if slave else libc.MS_PRIVATE)
 
 
 def prepare_rootfs(ctx: InitContext) -> None:
@@ -79,8 +87,12 @@ def prepare_rootfs(ctx: InitContext) -> None:
     linux = cfg.get("linux") or {}
     prop = linux.get("rootfsPropagation")
     flags = rootfs.PROPAGATION[prop] if prop else libc.MS_SLAVE | libc.MS_REC
-    libc.mount(None, "/", None, flags)
-    _rootfs_parent_private(ctx.rootfs)
+    # rootfsPropagation is for the container's root: until pivot_root, the
+    # host's mounts must neither see ours nor refuse the bind (unbindable)
+    libc.mount(
+        None, "/", None, libc.MS_SLAVE | libc.MS_REC if flags & libc.MS_UNBINDABLE else flags
+    )
+    _rootfs_mount_unshared(ctx.rootfs, slave=bool(flags & libc.MS_SLAVE))
     libc.mount(ctx.rootfs, ctx.rootfs, None, libc.MS_BIND | libc.MS_REC)
     mounts = cfg.get("mounts") or []
     for i, m in enumerate(mounts):
@@ -131,6 +143,10 @@ def container_init(ctx: InitContext, ch: Channel) -> NoReturn:
         rootfs.chroot_no_pivot(ctx.rootfs)
     else:
         rootfs.pivot_root(ctx.rootfs)
+    prop = linux.get("rootfsPropagation")
+    if prop and not rootfs.PROPAGATION[prop] & libc.MS_PRIVATE:
+        # only now: on the old root this would have reached the host's mount
+        libc.mount(None, "/", None, rootfs.PROPAGATION[prop])
     if proc.get("terminal") and ctx.console_fd is not None:
         from dockyard.runtime.console import setup_console
 
@@ -172,7 +188,7 @@ def container_init(ctx: InitContext, ch: Channel) -> NoReturn:
     os.close(fd)
     os.close(ctx.fifo_fd)
     if (cfg.get("hooks") or {}).get("startContainer"):
-        run_hooks(cfg, "startContainer", jsonio.loads(state_json) | {"status": "running"})
+        run_hooks(cfg, "startContainer", jsonio.loads(state_json) | {"status": "created"})
     try:
         fin.exec()
     except SystemFailure as e:

@@ -164,18 +164,33 @@ class MountTarget:
             else:
                 os.makedirs(os.path.dirname(self.path), 0o755, exist_ok=True)
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
-        self.fd = os.open(self.path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-        real = os.readlink(f"/proc/self/fd/{self.fd}")
-        if not _inside(root, real):
+        self.root = root
+        self.dest = dest
+        self.fd = -1
+        self.reopen()
+
+    def reopen(self) -> None:
+        """(Re)open the destination: after a mount, the old handle names what is underneath."""
+        if self.fd >= 0:
             os.close(self.fd)
-            raise SystemFailure(f"mount destination {dest} resolves to {real}, outside the rootfs")
+            self.fd = -1
+        fd = os.open(self.path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        if not _inside(self.root, real):
+            os.close(fd)
+            raise SystemFailure(
+                f"mount destination {self.dest} resolves to {real}, outside the rootfs"
+            )
+        self.fd = fd
 
     @property
     def proc_path(self) -> str:
         return f"/proc/self/fd/{self.fd}"
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def __enter__(self) -> MountTarget:
         return self
@@ -208,7 +223,12 @@ def mount_one(rootfs: str, m: dict[str, Any], index: int, ctx: Any) -> None:
         if not os.path.exists(source):
             raise ConfigError(f"{where}.source", f"bind source {source} does not exist")
     if mtype == "cgroup":
-        _mount_cgroup(rootfs, dest, flags, ctx)
+        try:
+            _mount_cgroup(rootfs, dest, flags, ctx)
+        except OSError as e:
+            raise SystemFailure(
+                f"{where}: mount cgroup on {dest}: {os.strerror(e.errno or 0).lower()}"
+            ) from None
         return
     if "idmap" in extra or "ridmap" in extra:
         raise Unsupported(f"{where}: idmapped mounts are not supported by this runtime")
@@ -217,6 +237,7 @@ def mount_one(rootfs: str, m: dict[str, Any], index: int, ctx: Any) -> None:
         try:
             if is_bind:
                 libc.mount(source, t.proc_path, None, flags & (libc.MS_BIND | libc.MS_REC))
+                t.reopen()
                 # bind mounts ignore most flags on the first call: remount to apply them
                 remount = flags & ~(libc.MS_BIND | libc.MS_REC | libc.MS_REMOUNT)
                 if remount:
@@ -225,6 +246,7 @@ def mount_one(rootfs: str, m: dict[str, Any], index: int, ctx: Any) -> None:
                 if mtype == "sysfs" and not ctx.new_netns:
                     # sysfs needs a new netns; runc binds the host's instead
                     libc.mount("/sys", t.proc_path, None, libc.MS_BIND | libc.MS_REC)
+                    t.reopen()
                     if flags & libc.MS_RDONLY:
                         libc.mount(
                             None,
@@ -237,6 +259,7 @@ def mount_one(rootfs: str, m: dict[str, Any], index: int, ctx: Any) -> None:
                 else:
                     libc.mount(source, t.proc_path, mtype, flags, data or None)
             if pflags:
+                t.reopen()
                 libc.mount(None, t.proc_path, None, pflags)
         except OSError as e:
             raise SystemFailure(
@@ -260,6 +283,7 @@ def _mount_cgroup(rootfs: str, dest: str, flags: int, ctx: Any) -> None:
                 libc.mount("cgroup2", t.proc_path, "cgroup2", base | ro)
             else:
                 libc.mount(paths[""], t.proc_path, None, libc.MS_BIND | libc.MS_REC)
+                t.reopen()
                 libc.mount(None, t.proc_path, None, libc.MS_BIND | libc.MS_REMOUNT | base | ro)
             return
         libc.mount("tmpfs", t.proc_path, "tmpfs", base, "mode=755")
@@ -278,41 +302,58 @@ def _mount_cgroup(rootfs: str, dest: str, flags: int, ctx: Any) -> None:
                 libc.mount("cgroup", sub.proc_path, "cgroup", base | ro, opts)
             else:
                 libc.mount(host_dir, sub.proc_path, None, libc.MS_BIND | libc.MS_REC)
+                sub.reopen()
                 libc.mount(None, sub.proc_path, None, libc.MS_BIND | libc.MS_REMOUNT | base | ro)
     if ro:
         with MountTarget(rootfs, dest) as t:
-            libc.mount(None, t.proc_path, None, libc.MS_REMOUNT | base | libc.MS_RDONLY)
+            libc.mount(
+                None, t.proc_path, None, libc.MS_BIND | libc.MS_REMOUNT | base | libc.MS_RDONLY
+            )
 
 
-def create_device(rootfs: str, dev: dict[str, Any], bind: bool) -> None:
-    """mknod a device below rootfs (or bind the host's node in a user namespace)."""
+def create_device(rootfs: str, dev: dict[str, Any], bind: bool, strict: bool = True) -> None:
+    """mknod a device below rootfs (or bind the host's node in a user namespace).
+
+    A file already at the path must be that very device (config-linux.md
+    "Devices"); with ``strict`` false (the default devices) it is replaced.
+    """
     path = dev["path"]
     dtype = dev.get("type", "c")
     with MountTarget(rootfs, os.path.dirname(path) or "/") as parent_t:
         parent = parent_t.path
     target = os.path.join(parent, os.path.basename(path))
-    if os.path.islink(target):
-        os.unlink(target)
+    kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[dtype]
+    rdev = os.makedev(dev.get("major", 0), dev.get("minor", 0)) if dtype != "p" else 0
+    mode = dev.get("fileMode")
+    perm = 0o666 if mode is None else mode & 0o7777
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        same = stat.S_IFMT(st.st_mode) == kind and (dtype == "p" or st.st_rdev == rdev)
+        if not same and strict:
+            raise SystemFailure(
+                f"create device {path}: a different file already exists at that path"
+            )
+        if not same:
+            if stat.S_ISDIR(st.st_mode):
+                raise SystemFailure(f"create device {path}: a directory is in the way")
+            os.unlink(target)
+            st = None
     if bind:
-        if not os.path.exists(target):
+        if st is None:
             os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
         with MountTarget(rootfs, path, is_dir=False, create=False) as t:
             libc.mount(path, t.proc_path, None, libc.MS_BIND)
         return
-    kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[dtype]
-    mode = dev.get("fileMode")
-    perm = 0o666 if mode is None else mode & 0o7777
-    rdev = os.makedev(dev.get("major", 0), dev.get("minor", 0)) if dtype != "p" else 0
-    try:
-        os.unlink(target)
-    except FileNotFoundError:
-        pass
-    except IsADirectoryError:
-        raise SystemFailure(f"create device {path}: a directory is in the way") from None
-    try:
-        os.mknod(target, kind | perm, rdev)
-    except OSError as e:
-        raise SystemFailure(f"create device {path}: {os.strerror(e.errno or 0).lower()}") from None
+    if st is None:
+        try:
+            os.mknod(target, kind | perm, rdev)
+        except OSError as e:
+            raise SystemFailure(
+                f"create device {path}: {os.strerror(e.errno or 0).lower()}"
+            ) from None
     os.chmod(target, perm)  # mknod honours the umask; the config's mode is exact
     os.chown(target, dev.get("uid", 0), dev.get("gid", 0))
 
@@ -322,7 +363,7 @@ def setup_dev(rootfs: str, devices: list[dict[str, Any]], in_userns: bool) -> No
     seen = {d["path"] for d in devices}
     for d in DEFAULT_DEVICES:
         if d["path"] not in seen:
-            create_device(rootfs, d, in_userns)
+            create_device(rootfs, d, in_userns, strict=False)
     for d in devices:
         create_device(rootfs, d, in_userns)
     dev = secure_join(rootfs, "/dev")
