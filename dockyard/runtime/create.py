@@ -209,7 +209,6 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
             no_pivot=opts.no_pivot,
             no_new_keyring=opts.no_new_keyring,
             new_netns="network" in new,
-            new_ipcns="ipc" in new,
             new_cgroupns="cgroup" in new,
             new_userns="user" in new,
         )

@@ -12,10 +12,8 @@ from dockyard.runtime import state as st
 
 def destroy(s: st.ContainerState) -> None:
     """Kill what is left, remove the cgroup, run poststop hooks, drop the state."""
-    from dockyard.runtime.cgroups import new_manager
-
     cfg = s.config
-    cg = new_manager((cfg.get("linux") or {}).get("cgroupsPath") or None, s.id)
+    cg = s.cgroup()
     if cg.exists():
         # without a private pid namespace, init's death does not end the rest
         if cg.pids():
@@ -60,8 +58,6 @@ def delete(root: str, cid: str, force: bool = False) -> None:
         except ProcessLookupError:
             pass
         if status == st.PAUSED:
-            from dockyard.runtime.cgroups import new_manager
-
-            new_manager((s.config.get("linux") or {}).get("cgroupsPath") or None, s.id).thaw()
+            s.cgroup().thaw()
         _wait(lambda: not s.alive(), 10.0)
     destroy(s)

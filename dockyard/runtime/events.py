@@ -40,9 +40,7 @@ def events(root: str, cid: str, stats_once: bool, interval: str) -> None:
     s = st.load(root, cid)
     if s.status() == st.STOPPED:
         raise FailedPrecondition(f"container {cid!r} is not running")
-    from dockyard.runtime.cgroups import new_manager
-
-    cg = new_manager((s.config.get("linux") or {}).get("cgroupsPath") or None, cid)
+    cg = s.cgroup()
     period = parse_duration(interval)
     while True:
         data = cg.stats()

@@ -121,9 +121,7 @@ def exec_process(root: str, cid: str, opts: ExecOptions) -> int:
     s = st.load(root, cid)
     status = s.status()
     if status != st.RUNNING:
-        raise FailedPrecondition(
-            f"cannot exec in container {cid!r}: it is {status}, not running"
-        )
+        raise FailedPrecondition(f"cannot exec in container {cid!r}: it is {status}, not running")
     cfg = s.config
     proc = build_process(cfg, opts)
     if proc.get("terminal") and not opts.console_socket and opts.detach:
@@ -135,9 +133,7 @@ def exec_process(root: str, cid: str, opts: ExecOptions) -> int:
         path = f"/proc/{init}/ns/{libc.NAMESPACES[kind][1]}"
         if os.readlink(path) != os.readlink(f"/proc/self/ns/{libc.NAMESPACES[kind][1]}"):
             join[kind] = path
-    from dockyard.runtime.cgroups import new_manager
-
-    cg = new_manager(linux.get("cgroupsPath") or None, cid)
+    cg = s.cgroup()
     console_fd = None
     if proc.get("terminal") and opts.console_socket:
         from dockyard.runtime.console import connect

@@ -40,7 +40,6 @@ class InitContext:
         no_pivot: bool = False,
         no_new_keyring: bool = False,
         new_netns: bool = True,
-        new_ipcns: bool = True,
         new_cgroupns: bool = False,
         new_userns: bool = False,
     ) -> None:
@@ -57,7 +56,6 @@ class InitContext:
         self.no_pivot = no_pivot
         self.no_new_keyring = no_new_keyring
         self.new_netns = new_netns
-        self.new_ipcns = new_ipcns
         self.new_cgroupns = new_cgroupns
         self.new_userns = new_userns
 

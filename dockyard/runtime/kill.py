@@ -38,10 +38,7 @@ def kill(root: str, cid: str, sig: str = "SIGTERM", all_processes: bool = False)
     if status == st.STOPPED:
         raise FailedPrecondition(f"cannot kill container {cid!r}: it is not running")
     if all_processes:
-        from dockyard.runtime.cgroups import new_manager
-
-        cfg = s.config
-        cg = new_manager((cfg.get("linux") or {}).get("cgroupsPath") or None, cid)
+        cg = s.cgroup()
         cg.kill_all(signum)
         if status == st.PAUSED and signum == signal.SIGKILL:
             cg.thaw()

@@ -59,9 +59,7 @@ def _owner(path: str) -> str:
 
 
 def container_pids(s: st.ContainerState) -> list[int]:
-    from dockyard.runtime.cgroups import new_manager
-
-    cg = new_manager((s.config.get("linux") or {}).get("cgroupsPath") or None, s.id)
+    cg = s.cgroup()
     return sorted(cg.pids()) if cg.exists() else []
 
 

@@ -254,8 +254,6 @@ def mount_one(rootfs: str, m: dict[str, Any], index: int, ctx: Any) -> None:
                             None,
                             libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_REC,
                         )
-                elif mtype == "mqueue" and not ctx.new_ipcns:
-                    libc.mount("/dev/mqueue", t.proc_path, None, libc.MS_BIND | libc.MS_REC)
                 else:
                     libc.mount(source, t.proc_path, mtype, flags, data or None)
             if pflags:

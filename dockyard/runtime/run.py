@@ -7,7 +7,7 @@ exit status can be collected.
 
 from __future__ import annotations
 
-import _signal as signal  # the public module costs an enum import
+import _signal as signal  # type: ignore[import-not-found]  # public module imports enum
 import os
 
 from dockyard.runtime import libc

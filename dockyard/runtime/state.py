@@ -18,6 +18,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from dockyard.runtime.cgroups import CgroupManager
+
 
 DEFAULT_ROOT = "/run/dockyard-runtime"
 STATE_FILE = "state.json"
@@ -92,6 +94,16 @@ class ContainerState:
     @property
     def fifo(self) -> str:
         return os.path.join(self.dir, EXEC_FIFO)
+
+    def cgroup(self) -> CgroupManager:
+        """The container's cgroup manager, from the paths saved at create.
+
+        Not recomputed from cgroupsPath: a relative path depends on the
+        caller's own cgroup, which may differ between commands.
+        """
+        from dockyard.runtime.cgroups import load_manager
+
+        return load_manager(self.data.get("cgroup_paths") or {})
 
     def alive(self) -> bool:
         pid = self.pid

@@ -108,8 +108,6 @@ def update(root: str, cid: str, flags: dict[str, Any]) -> None:
         else:
             merged[k] = v
     validate_config({**s.config, "linux": {**linux, "resources": merged}})
-    from dockyard.runtime.cgroups import new_manager
-
-    new_manager(linux.get("cgroupsPath") or None, cid).set(res)
+    s.cgroup().set(res)
     linux["resources"] = merged
     s.save()
