@@ -74,3 +74,18 @@ def dumps(obj: Any) -> str:
 def load_file(path: str) -> Any:
     with open(path, "rb") as f:
         return loads(f.read())
+
+
+def dumps_indent(obj: Any, indent: str = "  ", _level: int = 0) -> str:
+    """Indented JSON for people (``state``), same layout as ``json.dumps(indent=...)``."""
+    pad = indent * (_level + 1)
+    end = indent * _level
+    if isinstance(obj, dict) and obj:
+        items = (
+            f"{pad}{dumps(str(k))}: {dumps_indent(v, indent, _level + 1)}" for k, v in obj.items()
+        )
+        return "{\n" + ",\n".join(items) + "\n" + end + "}"
+    if isinstance(obj, list) and obj:
+        items = (pad + dumps_indent(v, indent, _level + 1) for v in obj)
+        return "[\n" + ",\n".join(items) + "\n" + end + "]"
+    return dumps(obj)

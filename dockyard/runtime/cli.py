@@ -105,8 +105,9 @@ class Parsed:
         return self.flags.get(name, default)
 
 
-def parse(argv: list[str], spec: Flags, stop_at_positional: bool = True) -> Parsed:
-    """Parse ``argv`` against ``spec``; options end at the first positional or ``--``."""
+def parse(argv: list[str], spec: Flags, stop_at_positional: bool = False) -> Parsed:
+    """Parse ``argv`` against ``spec``; options end at ``--`` (and, with
+    ``stop_at_positional``, at the first positional: exec's command, ps's options)."""
     by_name: dict[str, str] = {}
     for name, (_, aliases) in spec.items():
         by_name[name] = name
@@ -186,12 +187,11 @@ class Cli:
         return 0
 
     def do_state(self, argv: list[str]) -> int:
-        import json
-
+        from dockyard.jsonio import dumps_indent
         from dockyard.runtime import state as st
 
         s = st.load(self.root, _one_id(parse(argv, {}), "state"))
-        print(json.dumps(s.oci_state(), indent=2))
+        print(dumps_indent(s.oci_state()))
         return 0
 
     def do_kill(self, argv: list[str]) -> int:
@@ -216,7 +216,7 @@ class Cli:
     def do_exec(self, argv: list[str]) -> int:
         from dockyard.runtime.exec import ExecOptions, exec_process
 
-        p = parse(argv, EXEC_FLAGS)
+        p = parse(argv, EXEC_FLAGS, stop_at_positional=True)
         if not p.args:
             raise InvalidArgument("exec: expects a container id")
         cid, args = p.args[0], p.args[1:]
@@ -256,7 +256,7 @@ class Cli:
     def do_ps(self, argv: list[str]) -> int:
         from dockyard.runtime.listing import ps
 
-        p = parse(argv, {"format": ("str", ("f",))})
+        p = parse(argv, {"format": ("str", ("f",))}, stop_at_positional=True)
         if not p.args:
             raise InvalidArgument("ps: expects a container id")
         ps(self.root, p.args[0], p.get("format", "table"), p.args[1:])
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     glob: Parsed | None = None
     try:
-        glob = parse(argv, GLOBAL_FLAGS)
+        glob = parse(argv, GLOBAL_FLAGS, stop_at_positional=True)
         if glob.get("version"):
             from dockyard.spec.runtime import OCI_VERSION
 
