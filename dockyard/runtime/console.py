@@ -63,3 +63,86 @@ def connect(path: str) -> int:
             f"connect to console socket {path}: {os.strerror(e.errno or 0).lower()}"
         ) from None
     return s.detach()
+
+
+class TerminalProxy:
+    """The foreground ``run``'s side of a container pty: receive the master, copy.
+
+    Our stdin goes to the master, the master's output to our stdout; if our
+    stdin is a terminal it is put in raw mode (restored at the end) and its
+    size follows SIGWINCH.
+    """
+
+    def __init__(self) -> None:
+        self.local, remote = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.remote_fd = remote.detach()
+        self.master = -1
+        self.saved: list[Any] | None = None
+        self.threads: list[Any] = []
+
+    def receive_master(self) -> None:
+        os.close(self.remote_fd)
+        self.remote_fd = -1
+        fds = array.array("i")
+        _, anc, _, _ = self.local.recvmsg(4096, socket.CMSG_SPACE(fds.itemsize))
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+        if not fds:
+            from dockyard.errors import SystemFailure
+
+            raise SystemFailure("terminal: the container did not send its pty")
+        self.master = fds[0]
+        self.local.close()
+        if os.isatty(0):
+            self._resize()  # before start: the program may ask at once
+
+    def start(self, pid: int) -> None:
+        import signal
+        import threading
+
+        if os.isatty(0):
+            import tty
+
+            self.saved = termios.tcgetattr(0)
+            tty.setraw(0)
+            signal.signal(signal.SIGWINCH, lambda *_: self._resize())
+        for src, dst in ((self.master, 1), (0, self.master)):
+            t = threading.Thread(target=_copy, args=(src, dst), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _resize(self) -> None:
+        try:
+            size = fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8)
+            fcntl.ioctl(self.master, termios.TIOCSWINSZ, size)
+        except OSError:
+            pass
+
+    def finish(self) -> None:
+        # the output thread ends when the pty's last user closes it
+        self.threads[0].join(timeout=2)
+        self.close()
+
+    def close(self) -> None:
+        if self.saved is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, self.saved)
+            self.saved = None
+        for fd in (self.remote_fd, self.master):
+            if fd >= 0:
+                os.close(fd)
+        self.remote_fd = self.master = -1
+
+
+def _copy(src: int, dst: int) -> None:
+    while True:
+        try:
+            data = os.read(src, 65536)
+        except OSError:
+            return
+        if not data:
+            return
+        try:
+            os.write(dst, data)
+        except OSError:
+            return

@@ -30,6 +30,7 @@ class CreateOptions:
         *,
         bundle: str,
         console_socket: str | None = None,
+        console_fd: int | None = None,
         pid_file: str | None = None,
         no_pivot: bool = False,
         no_new_keyring: bool = False,
@@ -37,6 +38,8 @@ class CreateOptions:
     ) -> None:
         self.bundle = bundle
         self.console_socket = console_socket
+        # a connected socket instead of a path: a foreground run keeps the pty
+        self.console_fd = console_fd
         self.pid_file = pid_file
         self.no_pivot = no_pivot
         self.no_new_keyring = no_new_keyring
@@ -164,7 +167,7 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
     if not os.path.isdir(rootfs_path):
         raise ConfigError("root.path", f"rootfs {rootfs_path} does not exist or is not a directory")
     proc = cfg.get("process") or {}
-    if proc.get("terminal") and not opts.console_socket:
+    if proc.get("terminal") and not opts.console_socket and opts.console_fd is None:
         raise ConfigError(
             "process.terminal", "a terminal needs --console-socket when the runtime detaches"
         )
@@ -188,7 +191,9 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
         cg.create()
         created_cg = True
         cg.set(cgroup_resources(linux))
-        if opts.console_socket:
+        if opts.console_fd is not None:
+            console_fd = os.dup(opts.console_fd)
+        elif opts.console_socket:
             from dockyard.runtime.console import connect
 
             console_fd = connect(opts.console_socket)

@@ -52,17 +52,47 @@ def wait_forwarding_signals(pid: int) -> int:
 def run(root: str, cid: str, opts: CreateOptions, detach: bool) -> int:
     if not detach:
         libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
-    s = create(root, cid, opts)
+    term = None
+    if not detach and not opts.console_socket and _wants_terminal(opts.bundle):
+        # runc does the same: with no console socket, the foreground runtime
+        # holds the pty master itself and copies between it and its stdio
+        from dockyard.runtime.console import TerminalProxy
+
+        term = TerminalProxy()
+        opts.console_fd = term.remote_fd
     try:
+        s = create(root, cid, opts)
+    except BaseException:
+        if term is not None:
+            term.close()
+        raise
+    try:
+        if term is not None:
+            term.receive_master()
         start(root, cid)
     except BaseException:
+        if term is not None:
+            term.close()
         _cleanup(s)
         raise
     if detach:
         return 0
+    if term is not None:
+        term.start(s.pid)
     code = wait_forwarding_signals(s.pid)
+    if term is not None:
+        term.finish()
     _cleanup(s)
     return code
+
+
+def _wants_terminal(bundle: str) -> bool:
+    from dockyard.spec.runtime import load_bundle_config
+
+    try:
+        return bool((load_bundle_config(bundle).get("process") or {}).get("terminal"))
+    except Exception:
+        return False  # create reports the config's problem
 
 
 def _cleanup(s: st.ContainerState) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import subprocess
 from pathlib import Path
 
 from tests.conftest import Bundle, Runtime, new_id
@@ -125,3 +127,29 @@ def test_exec_with_tty_from_process_file(bundle: Bundle, runtime: Runtime, tmp_p
         )  # fmt: skip
         out = read_pty(console.master())
     assert out.split() == ["12", "34"]
+
+
+def test_foreground_run_holds_the_terminal(bundle: Bundle, runtime: Runtime) -> None:
+    """Without --console-socket a foreground ``run`` keeps the pty master itself.
+
+    ``script`` gives the runtime a terminal of its own, as a person's shell would.
+    """
+    with_terminal(bundle, "sh", "-c", "tty; stty size; test -t 0 && echo all-ttys; exit 3")
+    cmd = " ".join(
+        shlex.quote(a)
+        for a in [*runtime.argv, "--root", str(runtime.root), "run", "--bundle", str(bundle.path)]
+    )
+    cid = new_id()
+    runtime.ids.add(cid)
+    p = subprocess.run(
+        ["script", "-qec", f"stty rows 31 cols 97; {cmd} {cid}", "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert p.returncode == 3, p.stdout + p.stderr
+    lines = [line.strip() for line in p.stdout.splitlines()]
+    assert re.search(r"^\W*/dev/pts/\d+$", p.stdout, re.M), p.stdout
+    assert "31 97" in lines
+    assert "all-ttys" in lines
