@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-bash scripts/setup.sh >/dev/null
+bash scripts/setup.sh
 
 RUNTIME=${DOCKYARD_RUNTIME:-$ROOT/.venv/bin/dockyard-runtime}
 BUSYBOX=$(command -v busybox || echo /bin/busybox)
