@@ -14,7 +14,7 @@ from dockyard.errors import ConfigError, Unsupported
 from dockyard.runtime import libc
 from dockyard.runtime import state as st
 from dockyard.runtime.init import InitContext, container_init
-from dockyard.runtime.nsexec import spawn
+from dockyard.runtime.nsexec import await_done, spawn
 from dockyard.runtime.process import Finalizer
 from dockyard.spec.runtime import OCI_VERSION, load_bundle_config
 from dockyard.spec.runtime import rootfs_path as rootfs_path_of
@@ -262,6 +262,7 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
         run_hooks(cfg, "createRuntime", oci)
         ch.send("ok", jsonio.dumps(oci))
         ch.expect("ready")
+        await_done(ch, linux.get("seccomp"), {**oci, "status": st.CREATED})
         ch.close()
         ch = None
         state.save()

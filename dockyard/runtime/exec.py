@@ -14,7 +14,7 @@ import os
 from dockyard.errors import FailedPrecondition, InvalidArgument, SystemFailure
 from dockyard.runtime import libc
 from dockyard.runtime import state as st
-from dockyard.runtime.nsexec import Channel, spawn
+from dockyard.runtime.nsexec import Channel, await_done, spawn
 from dockyard.runtime.process import Finalizer, set_rlimits
 
 TYPE_CHECKING = False
@@ -154,6 +154,8 @@ def exec_process(root: str, cid: str, opts: ExecOptions) -> int:
     pid, ch = spawn(join=join, new=[], linux=linux, child=child, before_go=cg.apply)
     try:
         ch.expect("ready")
+        state = s.oci_state()
+        await_done(ch, linux.get("seccomp"), state)
     except BaseException:
         from dockyard.runtime.create import _kill_and_wait
 
@@ -186,7 +188,9 @@ def _exec_child(ch: Channel, fin: Finalizer, console_fd: int | None, preserve_fd
     keep = {0, 1, 2, ch.fileno(), *range(3, 3 + preserve_fds)}
     fin.finalize(keep)
     ch.send("ready")
-    ch.close()
+    fin.load_late_seccomp()
+    fin.hand_over_notify_fd(ch)
+    ch.close()  # the parent reads EOF: nothing more (a filter may forbid sending)
     try:
         fin.exec()
     except SystemFailure as e:

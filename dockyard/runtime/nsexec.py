@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 
+_BYTEORDER = sys.byteorder
+
 # setns order: the user namespace first (it grants the capabilities to join
 # the rest), the mount namespace last (it changes what later paths mean).
 JOIN_ORDER = ["user", "cgroup", "ipc", "uts", "network", "pid", "time", "mount"]
@@ -36,12 +38,24 @@ class Channel:
 
     def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
+        self.fds: list[int] = []  # received with the last message
 
-    def send(self, verb: str, payload: str = "") -> None:
-        self.sock.send(f"{verb} {payload}".encode())
+    def send(self, verb: str, payload: str = "", fd: int | None = None) -> None:
+        data = f"{verb} {payload}".encode()
+        if fd is None:
+            self.sock.send(data)
+        else:
+            anc = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, _BYTEORDER))]
+            self.sock.sendmsg([data], anc)
 
     def recv(self) -> tuple[str, str]:
-        data = self.sock.recv(1 << 20)
+        data, anc, _, _ = self.sock.recvmsg(1 << 20, _socket.CMSG_SPACE(4))
+        self.fds = [
+            int.from_bytes(d[i : i + 4], _BYTEORDER)
+            for level, kind, d in anc
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS
+            for i in range(0, len(d) - len(d) % 4, 4)
+        ]
         if not data:
             return "eof", ""
         verb, _, payload = data.decode().partition(" ")
@@ -60,6 +74,32 @@ class Channel:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+
+def await_done(ch: Channel, seccomp_cfg: dict[str, Any] | None, state: dict[str, Any]) -> None:
+    """After "ready": forward a seccomp notify fd to its listener, until EOF."""
+    while True:
+        verb, payload = ch.recv()
+        if verb == "eof":
+            return
+        if verb == "seccomp" and ch.fds and seccomp_cfg:
+            from dockyard.runtime.seccomp import send_listener_fd
+
+            fd = ch.fds[0]
+            try:
+                send_listener_fd(
+                    seccomp_cfg["listenerPath"],
+                    fd,
+                    state,
+                    seccomp_cfg.get("listenerMetadata"),
+                )
+            finally:
+                os.close(fd)
+            ch.send("ok")
+            continue
+        if verb == "error":
+            raise SystemFailure(payload)
+        raise SystemFailure(f"container init: unexpected message {verb!r} after ready")
 
 
 def report_and_exit(ch: Channel, e: BaseException) -> NoReturn:

@@ -21,6 +21,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from dockyard.runtime.nsexec import Channel
+
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -207,9 +209,20 @@ class Finalizer:
             self.env["PATH"] = DEFAULT_PATH
         self.exe = find_executable(self.args[0], self.env)
 
-    def exec(self) -> None:
+    def load_late_seccomp(self) -> None:
+        """With no_new_privs the filter is loaded after the change of user (runc's order)."""
         if self.seccomp is not None and self.nnp:
             self.notify_fd = self.seccomp.load()
+
+    def hand_over_notify_fd(self, ch: Channel) -> None:
+        """SCMP_ACT_NOTIFY: the runtime on the host passes the fd to listenerPath."""
+        if self.notify_fd is not None:
+            ch.send("seccomp", "", fd=self.notify_fd)
+            ch.expect("ok")
+            os.close(self.notify_fd)
+            self.notify_fd = None
+
+    def exec(self) -> None:
         try:
             os.execve(self.exe, self.args, self.env)
         except OSError as e:

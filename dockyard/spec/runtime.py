@@ -606,7 +606,15 @@ _DEVICE = _obj(
     then=_device_numbers,
 )
 
-_BLKIO_WEIGHT = _int(10, 1000)  # blkio.weight's range (the cgroup v1 docs)
+_BLKIO_WEIGHT_RANGE = _int(10, 1000)  # blkio.weight's range (the cgroup v1 docs)
+
+
+def _BLKIO_WEIGHT(value: Any, path: str) -> None:
+    """10..1000, or 0: what dockerd sends for "not set", and runc leaves alone."""
+    if value != 0 or type(value) is not int:
+        _BLKIO_WEIGHT_RANGE(value, path)
+
+
 _BLKIO_THROTTLE = _list(
     _obj({"major": _INT64, "minor": _INT64, "rate": _UINT64}, required=("major", "minor", "rate"))
 )
