@@ -8,14 +8,21 @@ variants.
 from __future__ import annotations
 
 import errno
+import fcntl
+import json
 import os
 import platform
+import select
+import socket
+import struct
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import Bundle, Runtime
-from tests.runtime.features_helpers import run_fails, run_sh
+from tests.runtime.features_helpers import run_fails, run_sh, skip_if_runc
 
 NATIVE_ARCH = {
     "x86_64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
@@ -178,3 +185,82 @@ def test_unknown_architecture_is_an_error(runtime: Runtime, bundle: Bundle) -> N
 def test_unknown_action_is_an_error(runtime: Runtime, bundle: Bundle) -> None:
     with_seccomp(bundle, "SCMP_ACT_ALLOW", [{"names": MKDIR, "action": "SCMP_ACT_NOPE"}])
     run_fails(runtime, bundle)
+
+
+# <linux/seccomp.h>: struct seccomp_notif / seccomp_notif_resp and their ioctls
+_NOTIF_FMT = "=QIIiIQ6Q"
+_RESP_FMT = "=QqiI"
+_IOC_RECV = 0xC0000000 | (struct.calcsize(_NOTIF_FMT) << 16) | (ord("!") << 8) | 0
+_IOC_SEND = 0xC0000000 | (struct.calcsize(_RESP_FMT) << 16) | (ord("!") << 8) | 1
+
+
+class NotifyAgent(threading.Thread):
+    """A seccomp agent at listenerPath: takes the fd, answers every call with EXDEV."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(str(path))
+        self.srv.listen(1)
+        self.srv.settimeout(20)
+        self.state: dict[str, Any] = {}
+        self.answered = 0
+        self.error = ""
+
+    def run(self) -> None:
+        fd = -1
+        try:
+            conn, _ = self.srv.accept()
+            with conn:
+                msg, fds, _, _ = socket.recv_fds(conn, 65536, 4)
+                while chunk := conn.recv(65536):
+                    msg += chunk
+            self.state = json.loads(msg)
+            fd = fds[0]
+            while select.select([fd], [], [], 10)[0]:
+                buf = bytearray(struct.calcsize(_NOTIF_FMT))
+                try:
+                    fcntl.ioctl(fd, _IOC_RECV, buf)
+                except OSError:
+                    return  # the filtered process is gone
+                notif_id = struct.unpack(_NOTIF_FMT, buf)[0]
+                resp = struct.pack(_RESP_FMT, notif_id, 0, -errno.EXDEV, 0)
+                try:
+                    fcntl.ioctl(fd, _IOC_SEND, resp)
+                    self.answered += 1
+                except OSError:
+                    return
+        except Exception as e:
+            self.error = f"{type(e).__name__}: {e}"
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            self.srv.close()
+
+
+@pytest.mark.parametrize("nnp", [True, False])
+def test_notify_goes_to_the_listener(
+    runtime: Runtime, bundle: Bundle, tmp_path: Path, nnp: bool
+) -> None:
+    skip_if_runc(runtime, "1.1.5 never returns from a foreground run with SCMP_ACT_NOTIFY here")
+    listener = tmp_path / "agent.sock"
+    agent = NotifyAgent(listener)
+    agent.start()
+    bundle.config["process"]["noNewPrivileges"] = nnp
+    with_seccomp(
+        bundle,
+        "SCMP_ACT_ALLOW",
+        [{"names": MKDIR, "action": "SCMP_ACT_NOTIFY"}],
+        listenerPath=str(listener),
+        listenerMetadata="hello-agent",
+    )
+    try:
+        out = run_sh(runtime, bundle, "mkdir /tmp/x 2>&1; echo rc=$?")
+    finally:
+        agent.join(30)
+    assert not agent.error, agent.error
+    assert "cross-device" in out.lower() and "rc=1" in out, out
+    assert agent.answered >= 1
+    assert agent.state["fds"] == ["seccompFd"]
+    assert agent.state["metadata"] == "hello-agent"
+    assert agent.state["state"]["bundle"] == str(bundle.path)
