@@ -94,12 +94,10 @@ def check_host_support(cfg: dict[str, Any]) -> None:
         )
     if linux.get("intelRdt"):
         raise Unsupported("linux.intelRdt: Intel RDT (resctrl) is not available on this host")
-    if linux.get("personality"):
-        dom = (linux["personality"] or {}).get("domain")
-        if dom not in ("LINUX", "LINUX32"):
-            raise ConfigError("linux.personality.domain", f"unsupported domain {dom!r}")
-    if proc.get("ioPriority") or proc.get("scheduler") or linux.get("memoryPolicy"):
-        raise Unsupported("process.ioPriority/scheduler: not supported by this runtime yet")
+    if linux.get("memoryPolicy"):
+        raise Unsupported("linux.memoryPolicy: not supported by this runtime yet")
+    if linux.get("netDevices"):
+        raise Unsupported("linux.netDevices: not supported by this runtime yet")
     ns_types = {n["type"] for n in linux.get("namespaces") or []}
     if "mount" not in ns_types:
         raise ConfigError("linux.namespaces", "a mount namespace is required to set up the rootfs")
@@ -197,7 +195,7 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
             from dockyard.runtime.console import connect
 
             console_fd = connect(opts.console_socket)
-        fin = Finalizer(proc, linux.get("seccomp"))
+        fin = Finalizer(proc, linux.get("seccomp"), linux.get("personality"))
         if (cfg.get("hooks") or {}).get("startContainer"):
             import subprocess  # noqa: F401  (the hook runs after pivot_root)
         ctx = InitContext(

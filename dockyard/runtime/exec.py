@@ -142,7 +142,7 @@ def exec_process(root: str, cid: str, opts: ExecOptions) -> int:
     for fd in range(3, 3 + opts.preserve_fds):
         os.set_inheritable(fd, True)
 
-    fin = Finalizer(proc, linux.get("seccomp"))
+    fin = Finalizer(proc, linux.get("seccomp"), linux.get("personality"))
 
     def child(ch: Channel) -> NoReturn:
         _exec_child(ch, fin, console_fd, opts.preserve_fds)

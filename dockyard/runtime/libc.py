@@ -91,6 +91,8 @@ _SYSCALLS = {
         "close_range": 436,
         "pidfd_send_signal": 424,
         "openat2": 437,
+        "ioprio_set": 251,
+        "sched_setattr": 314,
     },
     "aarch64": {
         "pivot_root": 41,
@@ -101,6 +103,8 @@ _SYSCALLS = {
         "close_range": 436,
         "pidfd_send_signal": 424,
         "openat2": 437,
+        "ioprio_set": 30,
+        "sched_setattr": 274,
     },
 }
 MACHINE = os.uname().machine
@@ -333,3 +337,50 @@ def statvfs_mount_flags(path: str) -> int:
         if f & st:
             out |= ms
     return out
+
+
+def personality(persona: int) -> int:
+    _libc.personality.argtypes = [ctypes.c_ulong]
+    return _check(_libc.personality(persona), "personality")
+
+
+IOPRIO_WHO_PROCESS = 1
+
+
+def ioprio_set(value: int) -> None:
+    """ioprio_set(2) for the calling process."""
+    _check(
+        _libc.syscall(
+            SYS["ioprio_set"],
+            ctypes.c_int(IOPRIO_WHO_PROCESS),
+            ctypes.c_int(0),
+            ctypes.c_int(value),
+        ),
+        "ioprio_set",
+    )
+
+
+class _SchedAttr(ctypes.Structure):
+    _fields_ = [
+        ("size", ctypes.c_uint32),
+        ("sched_policy", ctypes.c_uint32),
+        ("sched_flags", ctypes.c_uint64),
+        ("sched_nice", ctypes.c_int32),
+        ("sched_priority", ctypes.c_uint32),
+        ("sched_runtime", ctypes.c_uint64),
+        ("sched_deadline", ctypes.c_uint64),
+        ("sched_period", ctypes.c_uint64),
+    ]
+
+
+def sched_setattr(
+    policy: int, flags: int, nice: int, priority: int, runtime: int, deadline: int, period: int
+) -> None:
+    """sched_setattr(2) for the calling thread (struct sched_attr, version 0)."""
+    attr = _SchedAttr(
+        ctypes.sizeof(_SchedAttr), policy, flags, nice, priority, runtime, deadline, period
+    )
+    _check(
+        _libc.syscall(SYS["sched_setattr"], ctypes.c_int(0), ctypes.byref(attr), ctypes.c_uint(0)),
+        "sched_setattr",
+    )

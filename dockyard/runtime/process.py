@@ -161,6 +161,76 @@ def can_setgroups() -> bool:
         return True
 
 
+IOPRIO_CLASSES = {"IOPRIO_CLASS_RT": 1, "IOPRIO_CLASS_BE": 2, "IOPRIO_CLASS_IDLE": 3}
+SCHED_POLICIES = {
+    "SCHED_OTHER": 0,
+    "SCHED_FIFO": 1,
+    "SCHED_RR": 2,
+    "SCHED_BATCH": 3,
+    "SCHED_ISO": 4,
+    "SCHED_IDLE": 5,
+    "SCHED_DEADLINE": 6,
+}
+SCHED_FLAGS = {
+    "SCHED_FLAG_RESET_ON_FORK": 0x01,
+    "SCHED_FLAG_RECLAIM": 0x02,
+    "SCHED_FLAG_DL_OVERRUN": 0x04,
+    "SCHED_FLAG_KEEP_POLICY": 0x08,
+    "SCHED_FLAG_KEEP_PARAMS": 0x10,
+    "SCHED_FLAG_UTIL_CLAMP_MIN": 0x20,
+    "SCHED_FLAG_UTIL_CLAMP_MAX": 0x40,
+}
+PERSONALITIES = {"LINUX": 0x0000, "LINUX32": 0x0008}
+
+
+def set_io_priority(io: dict[str, Any]) -> None:
+    """process.ioPriority (config.md): ioprio_set(2) with (class << 13) | priority."""
+    value = (IOPRIO_CLASSES[io["class"]] << 13) | int(io.get("priority", 0))
+    try:
+        libc.ioprio_set(value)
+    except OSError as e:
+        raise SystemFailure(
+            f"set io priority {io['class']} {io.get('priority', 0)}: "
+            f"{os.strerror(e.errno or 0).lower()}"
+        ) from None
+
+
+def set_scheduler(sc: dict[str, Any]) -> None:
+    """process.scheduler (config.md): sched_setattr(2)."""
+    flags = 0
+    for f in sc.get("flags") or []:
+        flags |= SCHED_FLAGS[f]
+    try:
+        libc.sched_setattr(
+            SCHED_POLICIES[sc["policy"]],
+            flags,
+            int(sc.get("nice", 0)),
+            int(sc.get("priority", 0)),
+            int(sc.get("runtime", 0)),
+            int(sc.get("deadline", 0)),
+            int(sc.get("period", 0)),
+        )
+    except OSError as e:
+        raise SystemFailure(
+            f"set scheduler {sc['policy']}: {os.strerror(e.errno or 0).lower()}"
+        ) from None
+
+
+def set_personality(p: dict[str, Any]) -> None:
+    """linux.personality: the execution domain (LINUX32 makes uname say i686)."""
+    domain = p.get("domain", "LINUX")
+    if domain not in PERSONALITIES:
+        raise ConfigError("linux.personality.domain", f"unsupported domain {domain!r}")
+    if p.get("flags"):
+        raise ConfigError("linux.personality.flags", "no personality flags are supported")
+    try:
+        libc.personality(PERSONALITIES[domain])
+    except OSError as e:
+        raise SystemFailure(
+            f"set personality {domain}: {os.strerror(e.errno or 0).lower()}"
+        ) from None
+
+
 def _quiet(message: str) -> None:
     pass
 
@@ -173,7 +243,12 @@ class Finalizer:
     after pivot_root or setns into the mount namespace they are out of reach.
     """
 
-    def __init__(self, proc: dict[str, Any], seccomp_cfg: dict[str, Any] | None) -> None:
+    def __init__(
+        self,
+        proc: dict[str, Any],
+        seccomp_cfg: dict[str, Any] | None,
+        personality: dict[str, Any] | None = None,
+    ) -> None:
         self.proc = proc
         self.args: list[str] = list(proc.get("args") or [])
         if not self.args:
@@ -189,11 +264,18 @@ class Finalizer:
 
             self.seccomp = seccomp.build_filter(seccomp_cfg)
         self.notify_fd: int | None = None
+        self.personality = personality
         if proc.get("terminal"):
             from dockyard.runtime import console  # noqa: F401
 
     def finalize(self, keep_fds: set[int]) -> None:
         """Everything up to (not including) waiting for start and execve."""
+        if self.personality:
+            set_personality(self.personality)
+        if self.proc.get("scheduler"):
+            set_scheduler(self.proc["scheduler"])
+        if self.proc.get("ioPriority"):
+            set_io_priority(self.proc["ioPriority"])
         if self.seccomp is not None and not self.nnp:
             self.notify_fd = self.seccomp.load()
         close_fds_except(keep_fds | ({self.notify_fd} if self.notify_fd is not None else set()))

@@ -18,6 +18,7 @@ from tests.runtime.features_helpers import (
     host_has_cap,
     run_fails,
     run_sh,
+    skip_if_runc,
     status_fields,
 )
 
@@ -208,3 +209,30 @@ def test_oom_score_adj_lowered_is_a_clear_error(runtime: Runtime, bundle: Bundle
         pytest.skip("oom_score_adj is already at its minimum")
     bundle.config["process"]["oomScoreAdj"] = max(current - 100, -1000)
     assert "oom_score_adj" in run_fails(runtime, bundle)
+
+
+def test_io_priority(runtime: Runtime, bundle: Bundle) -> None:
+    """process.ioPriority: class BE (2) priority 6 is ioprio (2 << 13) | 6, read back by ionice."""
+    skip_if_runc(runtime, "1.1.5 predates process.ioPriority")
+    bundle.config["process"]["ioPriority"] = {"class": "IOPRIO_CLASS_BE", "priority": 6}
+    out = run_sh(runtime, bundle, "ionice -p $$")
+    assert "best-effort" in out and "prio 6" in out, out
+
+
+def test_scheduler_batch_with_nice(runtime: Runtime, bundle: Bundle) -> None:
+    """process.scheduler: SCHED_BATCH (3) with nice 7, seen in /proc/self/stat."""
+    skip_if_runc(runtime, "1.1.5 predates process.scheduler")
+    bundle.config["process"]["scheduler"] = {"policy": "SCHED_BATCH", "nice": 7}
+    fields = run_sh(runtime, bundle, "cat /proc/self/stat").rsplit(")", 1)[1].split()
+    # after ")": state is field 3, so nice (19) and policy (41) are at 16 and 38
+    assert fields[16] == "7", fields
+    assert fields[38] == "3", fields
+
+
+def test_personality_linux32(runtime: Runtime, bundle: Bundle) -> None:
+    """linux.personality LINUX32: uname reports a 32-bit machine."""
+    skip_if_runc(runtime, "1.1.5 ignores linux.personality")
+    if os.uname().machine != "x86_64":
+        pytest.skip("LINUX32 is checked on x86_64 (uname -m says i686)")
+    bundle.config["linux"]["personality"] = {"domain": "LINUX32"}
+    assert run_sh(runtime, bundle, "uname -m").strip() == "i686"
