@@ -130,7 +130,8 @@ def test_special_filesystems_present(runtime: Runtime, bundle: Bundle) -> None:
     assert cg, "nothing mounted on /sys/fs/cgroup"
     assert any(m.fstype in ("cgroup", "cgroup2") for m in cg)
     assert all("ro" in m.options for m in cg if m.fstype.startswith("cgroup"))
-    assert "ro" in mount_at(mounts, "/sys").options
+    sys_mount = mount_at(mounts, "/sys")
+    assert sys_mount is not None and "ro" in sys_mount.options
 
 
 def test_readonly_root(runtime: Runtime, bundle: Bundle) -> None:
