@@ -16,6 +16,7 @@ import resource
 from dockyard.errors import ConfigError, SystemFailure
 from dockyard.runtime import caps as capmod
 from dockyard.runtime import libc
+from dockyard.spec.runtime import RLIMITS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -61,29 +62,9 @@ def find_executable(arg0: str, env: dict[str, str]) -> str:
     raise SystemFailure(f'exec: "{arg0}": executable file not found in $PATH')
 
 
-RLIMITS_BY_NAME: dict[str, int] = {
-    "RLIMIT_CPU": 0,
-    "RLIMIT_FSIZE": 1,
-    "RLIMIT_DATA": 2,
-    "RLIMIT_STACK": 3,
-    "RLIMIT_CORE": 4,
-    "RLIMIT_RSS": 5,
-    "RLIMIT_NPROC": 6,
-    "RLIMIT_NOFILE": 7,
-    "RLIMIT_MEMLOCK": 8,
-    "RLIMIT_AS": 9,
-    "RLIMIT_LOCKS": 10,
-    "RLIMIT_SIGPENDING": 11,
-    "RLIMIT_MSGQUEUE": 12,
-    "RLIMIT_NICE": 13,
-    "RLIMIT_RTPRIO": 14,
-    "RLIMIT_RTTIME": 15,
-}
-
-
 def set_rlimits(rlimits: list[dict[str, Any]]) -> None:
     for i, r in enumerate(rlimits):
-        num = RLIMITS_BY_NAME.get(r["type"])
+        num = RLIMITS.get(r["type"])
         if num is None:
             raise ConfigError(f"process.rlimits[{i}].type", f"unknown rlimit {r['type']!r}")
         soft, hard = int(r["soft"]), int(r["hard"])
