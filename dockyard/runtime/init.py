@@ -169,7 +169,7 @@ def container_init(ctx: InitContext, ch: Channel) -> NoReturn:
         set_rlimits(proc["rlimits"])
     if not ctx.no_new_keyring:
         try:
-            libc.join_session_keyring(f"_ses.{ctx.id}"[:64])
+            libc.join_session_keyring(f"_ses.{ctx.id}")  # the name runc gives it
         except OSError as e:
             if e.errno != 38:  # ENOSYS: keyrings not available (some sandboxes)
                 raise

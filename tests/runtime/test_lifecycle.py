@@ -524,3 +524,35 @@ def test_spec_in_missing_bundle_fails(tmp_path: Path, runtime: Runtime) -> None:
     missing = tmp_path / "no-such-bundle"
     assert runtime("spec", "--bundle", str(missing), check=False).returncode != 0
     assert not missing.exists()
+
+
+def _keys_visible(bundle: Bundle) -> None:
+    masked = bundle.config["linux"]["maskedPaths"]
+    bundle.config["linux"]["maskedPaths"] = [p for p in masked if p != "/proc/keys"]
+
+
+def test_new_session_keyring_named_after_the_container(bundle: Bundle, runtime: Runtime) -> None:
+    _keys_visible(bundle)
+    bundle.set_args("cat", "/proc/keys")
+    cid = new_id()
+    out = runtime.run(bundle, cid).stdout
+    assert any(line.split()[-2:] == [f"_ses.{cid}:", "empty"] for line in out.splitlines()), out
+
+
+def test_no_new_keyring_keeps_the_callers(bundle: Bundle, runtime: Runtime) -> None:
+    _keys_visible(bundle)
+    bundle.set_args("cat", "/proc/keys").write()
+    cid = new_id()
+    p = runtime("run", "--no-new-keyring", "--bundle", str(bundle.path), cid)
+    assert f"_ses.{cid}:" not in p.stdout, p.stdout
+
+
+def test_no_pivot(bundle: Bundle, runtime: Runtime) -> None:
+    """--no-pivot: the rootfs is moved over / and chrooted into; the program sees only it."""
+    (bundle.rootfs / "marker").write_text("inside\n")
+    bundle.set_args("sh", "-c", "cat /marker; ls /; test -e /work && echo host-visible; true")
+    bundle.write()
+    p = runtime("run", "--no-pivot", "--bundle", str(bundle.path), new_id())
+    assert p.stdout.startswith("inside\n"), p.stdout
+    assert "host-visible" not in p.stdout
+    assert "bin" in p.stdout.split()
