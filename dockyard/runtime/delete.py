@@ -6,8 +6,9 @@ import os
 import time
 
 from dockyard.errors import FailedPrecondition, NotFound
-from dockyard.runtime import libc
 from dockyard.runtime import state as st
+
+SIGKILL = 9  # not libc's: delete runs per container and need not load ctypes
 
 
 def destroy(s: st.ContainerState) -> None:
@@ -17,7 +18,7 @@ def destroy(s: st.ContainerState) -> None:
     if cg.exists():
         # without a private pid namespace, init's death does not end the rest
         if cg.pids():
-            cg.kill_all(libc.SIGKILL)
+            cg.kill_all(SIGKILL)
             if cg.frozen():
                 cg.thaw()
             _wait(lambda: not cg.pids(), 10.0)
@@ -54,7 +55,7 @@ def delete(root: str, cid: str, force: bool = False) -> None:
         )
     if status != st.STOPPED:
         try:
-            os.kill(s.pid, libc.SIGKILL)
+            os.kill(s.pid, SIGKILL)
         except ProcessLookupError:
             pass
         if status == st.PAUSED:
