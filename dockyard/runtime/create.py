@@ -15,7 +15,7 @@ from dockyard.runtime import libc
 from dockyard.runtime import state as st
 from dockyard.runtime.init import InitContext, container_init
 from dockyard.runtime.nsexec import await_done, spawn
-from dockyard.runtime.process import Finalizer
+from dockyard.runtime.process import Finalizer, write_oom_score_adj
 from dockyard.spec.runtime import OCI_VERSION, load_bundle_config
 from dockyard.spec.runtime import rootfs_path as rootfs_path_of
 
@@ -215,6 +215,9 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
             new_cgroupns="cgroup" in new,
             new_userns="user" in new,
         )
+        # non-dumpable until execve: a process of another container sharing a
+        # namespace must not reach the host's interpreter via /proc/<pid>/exe
+        libc.prctl(libc.PR_SET_DUMPABLE, 0)
         init_pid, ch = spawn(
             join=join,
             new=new,
@@ -243,6 +246,8 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
                 "namespaces": sorted(set(join) | set(new)),
             },
         )
+        if proc.get("oomScoreAdj") is not None:
+            write_oom_score_adj(init_pid, int(proc["oomScoreAdj"]))
         ch.expect("hooks")
         oci = {
             "ociVersion": cfg.get("ociVersion", OCI_VERSION),

@@ -16,7 +16,7 @@ from dockyard.errors import SystemFailure
 from dockyard.runtime import libc, rootfs
 from dockyard.runtime.hooks import run_hooks
 from dockyard.runtime.nsexec import Channel
-from dockyard.runtime.process import Finalizer, set_rlimits, write_oom_score_adj
+from dockyard.runtime.process import Finalizer, set_rlimits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -161,10 +161,6 @@ def container_init(ctx: InitContext, ch: Channel) -> NoReturn:
         rootfs.mask_path(p)
     if (cfg.get("root") or {}).get("readonly"):
         rootfs.remount_root_readonly()
-    if proc.get("oomScoreAdj") is not None:
-        if not rootfs.is_procfs("/proc"):
-            raise SystemFailure("/proc in the container is not procfs: refusing oom_score_adj")
-        write_oom_score_adj(int(proc["oomScoreAdj"]))
     if proc.get("rlimits"):
         set_rlimits(proc["rlimits"])
     if not ctx.no_new_keyring:

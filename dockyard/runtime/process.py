@@ -79,16 +79,20 @@ def set_rlimits(rlimits: list[dict[str, Any]]) -> None:
             ) from None
 
 
-def write_oom_score_adj(value: int) -> None:
+def write_oom_score_adj(pid: int, value: int) -> None:
+    """Written by the runtime on the host, as runc does: the init is not dumpable,
+    so in a user namespace it could not open its own /proc files."""
+    path = f"/proc/{pid}/oom_score_adj"
     try:
-        with open("/proc/self/oom_score_adj", "w") as f:
+        with open(path, "w") as f:
             f.write(str(value))
     except OSError as e:
-        with open("/proc/self/oom_score_adj") as f:
-            cur = f.read().strip()
+        with open(path) as f:
+            cur = int(f.read().strip())
+        hint = "; lowering it needs CAP_SYS_RESOURCE" if value < cur else ""
         raise SystemFailure(
             f"set oom_score_adj to {value}: {os.strerror(e.errno or 0).lower()} "
-            f"(current value {cur}; lowering it needs CAP_SYS_RESOURCE)"
+            f"(current value {cur}{hint})"
         ) from None
 
 

@@ -179,3 +179,14 @@ def test_time_namespace_offsets(runtime: Runtime, bundle: Bundle) -> None:
     offsets = {ln.split()[0]: ln.split()[1:] for ln in lines[1:]}
     assert offsets["monotonic"] == ["86400", "0"]
     assert offsets["boottime"] == ["172800", "0"]
+
+
+def test_user_namespace_with_oom_score_adj_and_sysctl(
+    runtime: Runtime, userns_bundle: Bundle
+) -> None:
+    """The init writes its own /proc files (oom_score_adj, sysctls) as the mapped root."""
+    b = userns_bundle
+    b.config["process"]["oomScoreAdj"] = 600
+    b.config["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1"}
+    out = run_sh(runtime, b, "cat /proc/self/oom_score_adj /proc/sys/net/ipv4/ip_forward")
+    assert out.split() == ["600", "1"]
