@@ -11,7 +11,7 @@ import os
 import time
 
 from dockyard.errors import ConfigError, Unsupported
-from dockyard.runtime import libc
+from dockyard.runtime import libc, rootfs
 from dockyard.runtime import state as st
 from dockyard.runtime.init import InitContext, container_init
 from dockyard.runtime.nsexec import await_done, spawn
@@ -99,8 +99,6 @@ def check_host_support(cfg: dict[str, Any]) -> None:
     if linux.get("netDevices"):
         raise Unsupported("linux.netDevices: not supported by this runtime yet")
     ns_types = {n["type"] for n in linux.get("namespaces") or []}
-    if "mount" not in ns_types:
-        raise ConfigError("linux.namespaces", "a mount namespace is required to set up the rootfs")
     if (cfg.get("hostname") or cfg.get("domainname")) and "uts" not in ns_types:
         raise ConfigError("hostname", "setting the hostname requires a new uts namespace")
     if "time" in ns_types and not os.path.exists("/proc/self/ns/time"):
@@ -279,6 +277,8 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
             os.close(console_fd)
         if init_pid:
             _kill_and_wait(init_pid)
+        if "mount" not in set(join) | set(new):
+            rootfs.unmount_below(rootfs_path)
         if created_cg:
             try:
                 cg.kill_all(libc.SIGKILL)

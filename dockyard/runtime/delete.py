@@ -23,6 +23,12 @@ def destroy(s: st.ContainerState) -> None:
                 cg.thaw()
             _wait(lambda: not cg.pids(), 10.0)
         cg.destroy()
+        if not (cfg.get("linux") or {}).get("cgroupsPath"):
+            _remove_default_parents(cg.paths)
+    if "mount" not in s.data.get("namespaces", ["mount"]) and s.data.get("rootfs"):
+        from dockyard.runtime.rootfs import unmount_below
+
+        unmount_below(s.data["rootfs"])
     hooks = (cfg.get("hooks") or {}).get("poststop")
     oci = s.oci_state()
     st.remove_dir(s.dir)
@@ -30,6 +36,15 @@ def destroy(s: st.ContainerState) -> None:
         from dockyard.runtime.hooks import run_hooks
 
         run_hooks(cfg, "poststop", oci)
+
+
+def _remove_default_parents(paths: dict[str, str]) -> None:
+    """The default cgroup is dockyard/<id>: take the shared parent once it is empty."""
+    for d in paths.values():
+        try:
+            os.rmdir(os.path.dirname(d))
+        except OSError:
+            pass  # other containers still use it
 
 
 def _wait(cond: object, timeout: float) -> bool:

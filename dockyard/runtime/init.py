@@ -83,14 +83,17 @@ def _rootfs_mount_unshared(path: str, slave: bool) -> None:
 def prepare_rootfs(ctx: InitContext) -> None:
     cfg = ctx.cfg
     linux = cfg.get("linux") or {}
-    prop = linux.get("rootfsPropagation")
-    flags = rootfs.PROPAGATION[prop] if prop else libc.MS_SLAVE | libc.MS_REC
-    # rootfsPropagation is for the container's root: until pivot_root, the
-    # host's mounts must neither see ours nor refuse the bind (unbindable)
-    libc.mount(
-        None, "/", None, libc.MS_SLAVE | libc.MS_REC if flags & libc.MS_UNBINDABLE else flags
-    )
-    _rootfs_mount_unshared(ctx.rootfs, slave=bool(flags & libc.MS_SLAVE))
+    if "mount" in ctx.namespaces:
+        prop = linux.get("rootfsPropagation")
+        flags = rootfs.PROPAGATION[prop] if prop else libc.MS_SLAVE | libc.MS_REC
+        # rootfsPropagation is for the container's root: until pivot_root, the
+        # host's mounts must neither see ours nor refuse the bind (unbindable)
+        libc.mount(
+            None, "/", None, libc.MS_SLAVE | libc.MS_REC if flags & libc.MS_UNBINDABLE else flags
+        )
+        _rootfs_mount_unshared(ctx.rootfs, slave=bool(flags & libc.MS_SLAVE))
+    # without a mount namespace of its own (the spec allows it: the runtime's
+    # is inherited) every mount below is the host's; delete unmounts them
     libc.mount(ctx.rootfs, ctx.rootfs, None, libc.MS_BIND | libc.MS_REC)
     mounts = cfg.get("mounts") or []
     for i, m in enumerate(mounts):
@@ -137,12 +140,14 @@ def container_init(ctx: InitContext, ch: Channel) -> NoReturn:
     state_json = ch.expect("ok")
     if (cfg.get("hooks") or {}).get("createContainer"):
         run_hooks(cfg, "createContainer", jsonio.loads(state_json))
-    if ctx.no_pivot:
+    if "mount" not in ctx.namespaces:
+        rootfs.chroot(ctx.rootfs)  # pivot_root here would swap the host's root
+    elif ctx.no_pivot:
         rootfs.chroot_no_pivot(ctx.rootfs)
     else:
         rootfs.pivot_root(ctx.rootfs)
     prop = linux.get("rootfsPropagation")
-    if prop and not rootfs.PROPAGATION[prop] & libc.MS_PRIVATE:
+    if prop and "mount" in ctx.namespaces and not rootfs.PROPAGATION[prop] & libc.MS_PRIVATE:
         # only now: on the old root this would have reached the host's mount
         libc.mount(None, "/", None, rootfs.PROPAGATION[prop])
     if proc.get("terminal") and ctx.console_fd is not None:

@@ -1,11 +1,12 @@
 """The last steps before the container's program runs, shared by init and exec.
 
 Order (as runc's finalizeNamespace and the spec require): rlimits and the
-keyring while still privileged; the seccomp filter early only when it must be
-loaded with CAP_SYS_ADMIN (no noNewPrivileges); close every fd the runtime
-holds; change directory (after closing, so no fd can be a way out of the
-rootfs: CVE-2024-21626); bounding set, groups, gid, uid, capabilities;
-no_new_privs; then, as late as possible, the seccomp filter and execve.
+keyring while still privileged; personality, scheduler, io priority; close
+every fd the runtime holds; change directory (after closing, so no fd can be
+a way out of the rootfs: CVE-2024-21626) and find the program; the seccomp
+filter here only when it must be loaded with CAP_SYS_ADMIN (no
+noNewPrivileges); bounding set, groups, gid, uid, capabilities; no_new_privs;
+then, as late as possible, the seccomp filter and execve.
 """
 
 from __future__ import annotations
@@ -261,20 +262,22 @@ class Finalizer:
             set_scheduler(self.proc["scheduler"])
         if self.proc.get("ioPriority"):
             set_io_priority(self.proc["ioPriority"])
-        if self.seccomp is not None and not self.nnp:
-            self.notify_fd = self.seccomp.load()
-        close_fds_except(keep_fds | ({self.notify_fd} if self.notify_fd is not None else set()))
+        close_fds_except(keep_fds)
         change_dir(self.proc.get("cwd") or "/")
-        capmod.apply_before_setuid(self.caps, warn=_quiet)
-        set_user(self.user, can_setgroups())
-        capmod.apply_after_setuid(self.caps, warn=_quiet)
-        if self.nnp:
-            libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
         if "HOME" not in self.env:
             self.env["HOME"] = lookup_home(int(self.user.get("uid", 0)))
         if "PATH" not in self.env:
             self.env["PATH"] = DEFAULT_PATH
         self.exe = find_executable(self.args[0], self.env)
+        # without no_new_privs the filter needs CAP_SYS_ADMIN: load it before
+        # the capabilities go, and after the steps above that it might forbid
+        if self.seccomp is not None and not self.nnp:
+            self.notify_fd = self.seccomp.load()
+        capmod.apply_before_setuid(self.caps, warn=_quiet)
+        set_user(self.user, can_setgroups())
+        capmod.apply_after_setuid(self.caps, warn=_quiet)
+        if self.nnp:
+            libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
 
     def load_late_seccomp(self) -> None:
         """With no_new_privs the filter is loaded after the change of user (runc's order)."""

@@ -396,6 +396,30 @@ def pivot_root(rootfs: str) -> None:
         os.close(new)
 
 
+def chroot(rootfs: str) -> None:
+    """A plain chroot, for a container that shares the runtime's mount namespace."""
+    os.chdir(rootfs)
+    os.chroot(".")
+    os.chdir("/")
+
+
+def unmount_below(path: str) -> None:
+    """Unmount everything mounted at or below ``path``, deepest first.
+
+    For containers without a mount namespace of their own, whose mounts were
+    made in the host's: delete (and a failed create) takes them away.
+    """
+    path = path.rstrip("/")
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4].replace("\\040", " ") for line in f]
+    mine = [p for p in points if p == path or p.startswith(path + "/")]
+    for p in reversed(mine):  # mountinfo lists parents before children
+        try:
+            libc.umount2(p, libc.MNT_DETACH)
+        except OSError:
+            pass
+
+
 def chroot_no_pivot(rootfs: str) -> None:
     """--no-pivot: move the rootfs over / and chroot (for ramfs roots)."""
     os.chdir(rootfs)

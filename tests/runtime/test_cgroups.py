@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import Bundle, Runtime
-from tests.runtime.features_helpers import READY_THEN_WAIT, Background, run_fails, run_sh
+from tests.runtime.features_helpers import (
+    READY_THEN_WAIT,
+    Background,
+    run_fails,
+    run_sh,
+    skip_if_runc,
+)
 
 V1 = Path("/sys/fs/cgroup")
 CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
@@ -232,3 +238,16 @@ def test_cgroup_namespace_hides_the_path(runtime: Runtime, bundle: Bundle) -> No
     *lines, pids_max = out.splitlines()
     assert all(p == "/" for p in proc_cgroups("\n".join(lines)).values())
     assert pids_max == "50"
+
+
+def test_default_cgroups_path_leaves_nothing(runtime: Runtime, bundle: Bundle) -> None:
+    """No cgroupsPath: dockyard/<id> below the runtime's own cgroup, all gone after delete."""
+    skip_if_runc(runtime, "1.1.5 puts a container without cgroupsPath at /<id>")
+    del bundle.config["linux"]["cgroupsPath"]
+    before = {c: (V1 / c / own_cgroup(c).lstrip("/") / "dockyard").exists() for c in CONTROLLERS}
+    got = proc_cgroups(run_sh(runtime, bundle, "cat /proc/self/cgroup"))
+    for c in CONTROLLERS:
+        assert got[c].startswith(os.path.join(own_cgroup(c), "dockyard") + "/"), (c, got)
+        assert not (V1 / c / got[c].lstrip("/")).exists()
+        if not before[c]:
+            assert not (V1 / c / got[c].lstrip("/")).parent.exists()

@@ -190,3 +190,21 @@ def test_user_namespace_with_oom_score_adj_and_sysctl(
     b.config["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1"}
     out = run_sh(runtime, b, "cat /proc/self/oom_score_adj /proc/sys/net/ipv4/ip_forward")
     assert out.split() == ["600", "1"]
+
+
+def test_no_namespaces_at_all_inherits_every_one(runtime: Runtime, bundle: Bundle) -> None:
+    """No linux.namespaces: each one is the runtime's (config-linux.md "Namespaces").
+
+    Without a mount namespace of its own the container's mounts are made in
+    the host's, under the rootfs; delete takes every one of them away.
+    """
+    skip_if_runc(runtime, "1.1.5 leaves the container's mounts on the host")
+    del bundle.config["hostname"]
+    bundle.config["linux"]["namespaces"] = []
+    kinds = ["pid", "network", "ipc", "uts", "mount", "cgroup"]
+    inside = ns_inside(runtime, bundle, kinds)
+    assert inside == {k: host_ns(k) for k in kinds}
+    rootfs = str(bundle.rootfs.resolve())
+    with open("/proc/self/mountinfo") as f:
+        left = [line.split()[4] for line in f if line.split()[4].startswith(rootfs)]
+    assert not left, left
