@@ -259,7 +259,8 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
         from dockyard import jsonio
         from dockyard.runtime.hooks import run_hooks
 
-        run_hooks(cfg, "prestart", oci)
+        # prestart is deprecated; the OCI validation suite expects "created"
+        run_hooks(cfg, "prestart", {**oci, "status": st.CREATED})
         run_hooks(cfg, "createRuntime", oci)
         ch.send("ok", jsonio.dumps(oci))
         ch.expect("ready")
