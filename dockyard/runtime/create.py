@@ -157,7 +157,8 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
     """Create container ``cid``; returns its saved state with init waiting on the fifo."""
     st.validate_id(cid)
     bundle = os.path.abspath(opts.bundle)
-    cfg = load_bundle_config(bundle)
+    # process may be absent until start (runtime.md "start")
+    cfg = load_bundle_config(bundle, require_process=False)
     check_host_support(cfg)
     rootfs_path = os.path.realpath(rootfs_path_of(bundle, cfg))
     if not os.path.isdir(rootfs_path):
@@ -193,7 +194,7 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
             from dockyard.runtime.console import connect
 
             console_fd = connect(opts.console_socket)
-        fin = Finalizer(proc, linux.get("seccomp"), linux.get("personality"))
+        fin = Finalizer(proc, linux.get("seccomp"), linux.get("personality")) if proc else None
         if (cfg.get("hooks") or {}).get("startContainer"):
             import subprocess  # noqa: F401  (the hook runs after pivot_root)
         ctx = InitContext(

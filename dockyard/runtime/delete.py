@@ -64,7 +64,9 @@ def delete(root: str, cid: str, force: bool = False) -> None:
             return
         raise
     status = s.status()
-    if status in (st.RUNNING, st.PAUSED) and not force:
+    # runtime.md "delete": a container that is not stopped is an error (runc
+    # also deletes created ones; the spec does not); --force kills it first
+    if status != st.STOPPED and not force:
         raise FailedPrecondition(
             f"cannot delete container {cid!r}: it is {status} (stop it first or use --force)"
         )

@@ -34,7 +34,7 @@ class InitContext:
         fifo_fd: int,
         cgroup_paths: dict[str, str],
         namespaces: set[str],
-        finalizer: Finalizer,
+        finalizer: Finalizer | None,
         console_fd: int | None = None,
         preserve_fds: int = 0,
         no_pivot: bool = False,
@@ -178,6 +178,14 @@ def container_init(ctx: InitContext, ch: Channel) -> NoReturn:
     keep = {0, 1, 2, ch.fileno(), ctx.fifo_fd, *range(3, 3 + ctx.preserve_fds)}
     for fd in range(3, 3 + ctx.preserve_fds):
         os.set_inheritable(fd, True)
+    if fin is None:  # no process (allowed until start): nothing will run
+        from dockyard.runtime.process import close_fds_except
+
+        close_fds_except(keep)
+        ch.send("ready")
+        ch.close()
+        os.close(os.open(f"/proc/self/fd/{ctx.fifo_fd}", os.O_WRONLY | os.O_CLOEXEC))
+        os._exit(0)
     fin.finalize(keep)
     ch.send("ready")
     fin.load_late_seccomp()

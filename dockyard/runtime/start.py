@@ -14,6 +14,15 @@ def start(root: str, cid: str) -> None:
     status = s.status()
     if status != st.CREATED:
         raise FailedPrecondition(f"cannot start container {cid!r}: it is {status}, not created")
+    if not s.config.get("process"):
+        # runtime.md "start": an error; the init, which has nothing to run, ends
+        from dockyard.runtime.delete import SIGKILL
+
+        try:
+            os.kill(s.pid, SIGKILL)
+        except ProcessLookupError:
+            pass
+        raise FailedPrecondition(f"cannot start container {cid!r}: its config has no process")
     try:
         fd = os.open(s.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:

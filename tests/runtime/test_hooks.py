@@ -203,7 +203,7 @@ def test_poststop_failure_does_not_fail_delete(runtime: Runtime, bundle: Bundle)
     bundle.config["hooks"] = {"poststop": [host_hook("exit 1")]}
     cid = new_id()
     assert create(runtime, bundle, cid).returncode == 0
-    runtime("delete", cid)
+    runtime("delete", "--force", cid)
     assert_nothing_left(runtime, bundle, cid)
 
 
@@ -213,7 +213,7 @@ def test_poststop_failure_runs_remaining_hooks(runtime: Runtime, bundle: Bundle)
     bundle.config["hooks"] = {"poststop": [host_hook("exit 1"), host_hook(f"touch {marker}")]}
     cid = new_id()
     assert create(runtime, bundle, cid).returncode == 0
-    runtime("delete", cid)
+    runtime("delete", "--force", cid)
     assert marker.exists()
 
 

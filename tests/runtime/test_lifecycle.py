@@ -245,6 +245,33 @@ def test_delete_running_needs_force(bundle: Bundle, runtime: Runtime) -> None:
     assert not [e for e in entries_under(runtime.root) if cid in e]
 
 
+def test_delete_created_needs_force(bundle: Bundle, runtime: Runtime) -> None:
+    """runtime.md "delete": not stopped is an error with no effect (runc deletes it)."""
+    if runtime.name == "runc":
+        pytest.skip("runc deviates: 1.1.5 deletes a created container without --force")
+    cid = new_id()
+    create(runtime, sh(bundle, "true"), cid)
+    p = runtime("delete", cid, check=False)
+    assert p.returncode != 0 and "created" in p.stderr
+    assert runtime.state(cid)["status"] == "created"
+    runtime("delete", "--force", cid)
+    assert state_fails(runtime, cid)
+
+
+def test_start_without_process_is_an_error(bundle: Bundle, runtime: Runtime) -> None:
+    """runtime.md: process may be left out until start, which then fails."""
+    if runtime.name == "runc":
+        pytest.skip("runc deviates: 1.1.5 refuses create without process")
+    cid = new_id()
+    del bundle.config["process"]
+    create(runtime, bundle.write(), cid)
+    assert runtime.state(cid)["status"] == "created"
+    p = runtime("start", cid, check=False)
+    assert p.returncode != 0 and "process" in p.stderr
+    wait_status(runtime, cid, "stopped")
+    runtime("delete", cid)
+
+
 def test_delete_removes_state_and_cgroup(bundle: Bundle, runtime: Runtime) -> None:
     cid = new_id()
     create(runtime, sh(bundle, "true"), cid)
