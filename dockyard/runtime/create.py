@@ -169,22 +169,24 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
             "process.terminal", "a terminal needs --console-socket when the runtime detaches"
         )
 
-    from dockyard.runtime.cgroups import new_manager
+    from dockyard.runtime import cgroups
 
     linux = cfg.get("linux") or {}
     join, new = _namespaces(cfg)
-    cg = new_manager(linux.get("cgroupsPath") or None, cid)
+    cg = cgroups.new_manager(linux.get("cgroupsPath") or None, cid)
     d = st.make_dir(root, cid)
     init_pid = 0
     console_fd = None
     fifo_fd = -1
     ch = None
     created_cg = False
+    cg_parents: list[str] = []
     try:
         fifo = os.path.join(d, st.EXEC_FIFO)
         os.mkfifo(fifo, 0o622)
         os.chmod(fifo, 0o622)
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
+        cg_parents = cgroups.missing_parents(cg.paths)
         cg.create()
         created_cg = True
         cg.set(cgroup_resources(linux))
@@ -241,6 +243,7 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
                 "created": _now(),
                 "owner": "",
                 "cgroup_paths": cg.paths,
+                "cgroup_parents": cg_parents,
                 "config": cfg,
                 "namespaces": sorted(set(join) | set(new)),
             },
@@ -287,6 +290,7 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
             except Exception:
                 pass
             _destroy_quietly(cg)
+            cgroups.remove_empty_dirs(cg_parents)
         st.remove_dir(d)
         raise
     finally:

@@ -23,8 +23,13 @@ def destroy(s: st.ContainerState) -> None:
                 cg.thaw()
             _wait(lambda: not cg.pids(), 10.0)
         cg.destroy()
-        if not (cfg.get("linux") or {}).get("cgroupsPath"):
-            _remove_default_parents(cg.paths)
+    from dockyard.runtime.cgroups import remove_empty_dirs
+
+    parents = list(s.data.get("cgroup_parents") or [])
+    if not (cfg.get("linux") or {}).get("cgroupsPath"):
+        # the default dockyard/<id>: the shared parent goes with the last container
+        parents += [os.path.dirname(d) for d in (s.data.get("cgroup_paths") or {}).values()]
+    remove_empty_dirs(parents)
     if "mount" not in s.data.get("namespaces", ["mount"]) and s.data.get("rootfs"):
         from dockyard.runtime.rootfs import unmount_below
 
@@ -36,15 +41,6 @@ def destroy(s: st.ContainerState) -> None:
         from dockyard.runtime.hooks import run_hooks
 
         run_hooks(cfg, "poststop", oci)
-
-
-def _remove_default_parents(paths: dict[str, str]) -> None:
-    """The default cgroup is dockyard/<id>: take the shared parent once it is empty."""
-    for d in paths.values():
-        try:
-            os.rmdir(os.path.dirname(d))
-        except OSError:
-            pass  # other containers still use it
 
 
 def _wait(cond: object, timeout: float) -> bool:

@@ -251,3 +251,14 @@ def test_default_cgroups_path_leaves_nothing(runtime: Runtime, bundle: Bundle) -
         assert not (V1 / c / got[c].lstrip("/")).exists()
         if not before[c]:
             assert not (V1 / c / got[c].lstrip("/")).parent.exists()
+
+
+def test_nested_cgroups_path_leaves_no_parents(runtime: Runtime, bundle: Bundle) -> None:
+    """Parents the runtime made for a nested cgroupsPath go with the container."""
+    skip_if_runc(runtime, "1.1.5 leaves the parents of a nested cgroupsPath behind")
+    top = bundle.config["linux"]["cgroupsPath"] + "-top"
+    bundle.config["linux"]["cgroupsPath"] = top + "/middle/leaf"
+    out = run_sh(runtime, bundle, "cat /proc/self/cgroup")
+    assert proc_cgroups(out)["pids"] == top + "/middle/leaf"
+    for c in CONTROLLERS:
+        assert not (V1 / c / top.lstrip("/")).exists(), c

@@ -368,3 +368,26 @@ def wait_until(check: Callable[[], bool], timeout: float) -> bool:
             return False
         time.sleep(delay)
         delay = min(delay * 2, 0.02)
+
+
+def missing_parents(paths: dict[str, str]) -> list[str]:
+    """The cgroup directories above ours that creating ours will make, deepest first.
+
+    delete removes them again once empty: a container leaves no cgroup behind,
+    not even the parents of a nested cgroupsPath (runc leaves those).
+    """
+    out: list[str] = []
+    for d in paths.values():
+        p = os.path.dirname(d)
+        while p not in out and not os.path.exists(p):
+            out.append(p)
+            p = os.path.dirname(p)
+    return sorted(out, key=len, reverse=True)
+
+
+def remove_empty_dirs(dirs: list[str]) -> None:
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass  # not empty: another container uses it
