@@ -208,3 +208,17 @@ def test_no_namespaces_at_all_inherits_every_one(runtime: Runtime, bundle: Bundl
     with open("/proc/self/mountinfo") as f:
         left = [line.split()[4] for line in f if line.split()[4].startswith(rootfs)]
     assert not left, left
+
+
+def test_exec_into_a_user_namespace(runtime: Runtime, userns_bundle: Bundle) -> None:
+    """exec joins the user namespace first, then the rest, as the mapped root."""
+    from tests.runtime.helpers import call_detached
+
+    b = userns_bundle
+    b.set_args("sleep", "100").write()
+    cid = "userns-exec"
+    call_detached(runtime, "run", "-d", "--bundle", str(b.path), cid)
+    out = runtime("exec", cid, "sh", "-c", "cat /proc/self/uid_map; id -u; echo $$").stdout
+    lines = out.split("\n")
+    assert lines[0].split() == ["0", str(HOST_ID), str(MAP_SIZE)]
+    assert lines[1] == "0"
