@@ -187,6 +187,28 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
         os.chmod(fifo, 0o622)
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
         cg_parents = cgroups.missing_parents(cg.paths)
+        state = st.ContainerState(
+            root,
+            cid,
+            {
+                "ociVersion": OCI_VERSION,
+                "id": cid,
+                "pid": 0,
+                # while pid is 0: who is creating it (a dead creator means stopped)
+                "creator": [os.getpid(), st.process_start_time(os.getpid())],
+                "bundle": bundle,
+                "rootfs": rootfs_path,
+                "created": _now(),
+                "owner": "",
+                "cgroup_paths": cg.paths,
+                "cgroup_parents": cg_parents,
+                "config": cfg,
+                "namespaces": sorted(set(join) | set(new)),
+            },
+        )
+        # saved before anything is made: a create killed half-way leaves a
+        # record that delete can clean up from
+        state.save()
         cg.create()
         created_cg = True
         cg.set(cgroup_resources(linux))
@@ -229,25 +251,9 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
         if console_fd is not None:
             os.close(console_fd)
             console_fd = None
-        start_time = st.process_start_time(init_pid)
-        state = st.ContainerState(
-            root,
-            cid,
-            {
-                "ociVersion": OCI_VERSION,
-                "id": cid,
-                "pid": init_pid,
-                "start_time": start_time,
-                "bundle": bundle,
-                "rootfs": rootfs_path,
-                "created": _now(),
-                "owner": "",
-                "cgroup_paths": cg.paths,
-                "cgroup_parents": cg_parents,
-                "config": cfg,
-                "namespaces": sorted(set(join) | set(new)),
-            },
-        )
+        state.data["pid"] = init_pid
+        state.data["start_time"] = st.process_start_time(init_pid)
+        state.save()
         if proc.get("oomScoreAdj") is not None:
             write_oom_score_adj(init_pid, int(proc["oomScoreAdj"]))
         ch.expect("hooks")
@@ -271,6 +277,7 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
         await_done(ch, linux.get("seccomp"), {**oci, "status": st.CREATED})
         ch.close()
         ch = None
+        del state.data["creator"]
         state.save()
         if opts.pid_file:
             _write_pid_file(opts.pid_file, init_pid)

@@ -21,7 +21,7 @@ def destroy(s: st.ContainerState) -> None:
             cg.kill_all(SIGKILL)
             if cg.frozen():
                 cg.thaw()
-            _wait(lambda: not cg.pids(), 10.0)
+        _wait(lambda: not cg.pids(), 10.0)
         cg.destroy()
     from dockyard.runtime.cgroups import remove_empty_dirs
 
@@ -56,17 +56,20 @@ def delete(root: str, cid: str, force: bool = False) -> None:
     try:
         s = st.load(root, cid)
     except NotFound:
-        if force:
+        if force:  # a create killed before its first save left only the directory
+            st.remove_dir(os.path.join(root, cid))
             return
         raise
     status = s.status()
+    if status == st.CREATING:
+        raise FailedPrecondition(f"cannot delete container {cid!r}: it is still being created")
     # runtime.md "delete": a container that is not stopped is an error (runc
     # also deletes created ones; the spec does not); --force kills it first
     if status != st.STOPPED and not force:
         raise FailedPrecondition(
             f"cannot delete container {cid!r}: it is {status} (stop it first or use --force)"
         )
-    if status != st.STOPPED:
+    if status != st.STOPPED and s.pid > 0:
         try:
             os.kill(s.pid, SIGKILL)
         except ProcessLookupError:

@@ -35,6 +35,8 @@ def kill(root: str, cid: str, sig: str = "SIGTERM", all_processes: bool = False)
     s = st.load(root, cid)
     signum = parse_signal(sig)
     status = s.status()
+    if status == st.CREATING or s.pid <= 0:
+        raise FailedPrecondition(f"cannot kill container {cid!r}: it is still being created")
     if status == st.STOPPED:
         raise FailedPrecondition(f"cannot kill container {cid!r}: it is not running")
     if all_processes:

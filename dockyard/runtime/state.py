@@ -106,13 +106,16 @@ class ContainerState:
         return load_manager(self.data.get("cgroup_paths") or {})
 
     def alive(self) -> bool:
-        pid = self.pid
+        pid = self.pid  # 0 until create has forked the init
         if pid <= 0:
             return False
         st = process_start_time(pid)
         return st is not None and st == self.data.get("start_time")
 
     def status(self) -> str:
+        creator = self.data.get("creator")
+        if creator and process_start_time(creator[0]) == creator[1]:
+            return CREATING
         if not self.alive():
             return STOPPED
         if os.path.exists(self.fifo):

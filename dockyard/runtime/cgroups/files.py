@@ -235,19 +235,21 @@ def mkdirs(dir: str) -> list[str]:
 
 
 def _rmdir(path: str) -> None:
-    delay = 0.01
-    for attempt in range(6):
+    delay = 0.005
+    deadline = time.monotonic() + 3.0
+    while True:
         try:
             os.rmdir(path)
             return
         except FileNotFoundError:
             return
         except OSError as e:
-            # A cgroup stays busy for a moment after its last process exited.
-            if e.errno != errno.EBUSY or attempt == 5:
+            # A cgroup stays busy for a moment after its last process exited
+            # (longer on a loaded machine: the exit is still being torn down).
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
                 raise SystemFailure(f"remove cgroup {path}: {strerror(e)}") from e
             time.sleep(delay)
-            delay *= 2
+            delay = min(delay * 2, 0.1)
 
 
 def remove(dir: str) -> None:
