@@ -13,6 +13,7 @@ import time
 from dockyard.errors import ConfigError, Unsupported
 from dockyard.runtime import libc, rootfs
 from dockyard.runtime import state as st
+from dockyard.runtime.children import kill_and_wait, write_pid_file
 from dockyard.runtime.init import InitContext, container_init
 from dockyard.runtime.nsexec import await_done, spawn
 from dockyard.runtime.process import Finalizer, write_oom_score_adj
@@ -280,7 +281,7 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
         del state.data["creator"]
         state.save()
         if opts.pid_file:
-            _write_pid_file(opts.pid_file, init_pid)
+            write_pid_file(opts.pid_file, init_pid)
         return state
     except BaseException:
         if ch is not None:
@@ -288,7 +289,7 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
         if console_fd is not None:
             os.close(console_fd)
         if init_pid:
-            _kill_and_wait(init_pid)
+            kill_and_wait(init_pid)
         if "mount" not in set(join) | set(new):
             rootfs.unmount_below(rootfs_path)
         if created_cg:
@@ -308,30 +309,6 @@ def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
 def _now() -> str:
     t = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
-
-
-def _write_pid_file(path: str, pid: int) -> None:
-    path = os.path.abspath(path)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w") as f:
-        f.write(str(pid))
-    os.rename(tmp, path)
-
-
-def _kill_and_wait(pid: int, timeout: float = 10.0) -> None:
-    try:
-        os.kill(pid, libc.SIGKILL)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                return
-        except ChildProcessError:
-            if st.process_start_time(pid) is None:
-                return
-        time.sleep(0.005)
 
 
 def _destroy_quietly(cg: Any) -> None:

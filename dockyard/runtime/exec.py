@@ -14,6 +14,7 @@ import os
 from dockyard.errors import FailedPrecondition, InvalidArgument, SystemFailure
 from dockyard.runtime import libc
 from dockyard.runtime import state as st
+from dockyard.runtime.children import kill_and_wait, wait_forwarding_signals, write_pid_file
 from dockyard.runtime.nsexec import Channel, await_done, spawn
 from dockyard.runtime.process import Finalizer, set_rlimits
 
@@ -157,22 +158,16 @@ def exec_process(root: str, cid: str, opts: ExecOptions) -> int:
         state = s.oci_state()
         await_done(ch, linux.get("seccomp"), state)
     except BaseException:
-        from dockyard.runtime.create import _kill_and_wait
-
-        _kill_and_wait(pid)
+        kill_and_wait(pid)
         raise
     finally:
         ch.close()
         if console_fd is not None:
             os.close(console_fd)
     if opts.pid_file:
-        from dockyard.runtime.create import _write_pid_file
-
-        _write_pid_file(opts.pid_file, pid)
+        write_pid_file(opts.pid_file, pid)
     if opts.detach:
         return pid
-    from dockyard.runtime.run import wait_forwarding_signals
-
     return wait_forwarding_signals(pid)
 
 
