@@ -34,6 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dockyard.spec.runtime import DOCKER_DEFAULT_CAPABILITIES
+
 REPO = Path(__file__).resolve().parent.parent
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -99,22 +101,7 @@ def make_bundle(base: Path) -> Path:
     for applet in ("true", "sleep", "sh"):
         (rootfs / "bin" / applet).symlink_to("busybox")
     (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    caps = [
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FSETID",
-        "CAP_FOWNER",
-        "CAP_MKNOD",
-        "CAP_NET_RAW",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETFCAP",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT",
-        "CAP_KILL",
-        "CAP_AUDIT_WRITE",
-    ]
+    caps = list(DOCKER_DEFAULT_CAPABILITIES)
     config = {
         "ociVersion": "1.0.2",
         "process": {

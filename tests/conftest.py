@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from dockyard.spec.runtime import DOCKER_DEFAULT_CAPABILITIES
 from tests import leaks
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
@@ -43,22 +44,7 @@ def runtime_name() -> str:
 
 def base_config(test_id: str) -> dict[str, Any]:
     """A non-terminal config much like ``runc spec`` with Docker's default caps."""
-    caps = [
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FSETID",
-        "CAP_FOWNER",
-        "CAP_MKNOD",
-        "CAP_NET_RAW",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETFCAP",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT",
-        "CAP_KILL",
-        "CAP_AUDIT_WRITE",
-    ]
+    caps = list(DOCKER_DEFAULT_CAPABILITIES)
     return {
         "ociVersion": "1.0.2",
         "process": {

@@ -76,6 +76,25 @@ CAPABILITIES: dict[str, int] = {
     "CAP_CHECKPOINT_RESTORE": 40,
 }
 
+# The capabilities Docker gives a container unless told otherwise (moby's
+# oci.DefaultCapabilities): the set the engine and the tests start from.
+DOCKER_DEFAULT_CAPABILITIES = (
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+)
+
 CAPABILITY_SETS = ("bounding", "effective", "inheritable", "permitted", "ambient")
 
 # getrlimit(2); the generic Linux numbering (x86, arm, riscv, s390, ppc).

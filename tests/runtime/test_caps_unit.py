@@ -11,23 +11,9 @@ import pytest
 
 from dockyard.errors import ConfigError, InvalidArgument, SystemFailure
 from dockyard.runtime import caps, libc
+from dockyard.spec.runtime import DOCKER_DEFAULT_CAPABILITIES
 
-DOCKER_DEFAULT = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-]
+DOCKER_DEFAULT = list(DOCKER_DEFAULT_CAPABILITIES)
 ALL_BITS = (1 << 41) - 1
 
 
