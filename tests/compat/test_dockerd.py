@@ -252,3 +252,29 @@ def test_run_detached_exec_kill(runner: Runner) -> None:
     assert docker("wait", name).stdout.strip() == "137"
     docker("rm", name)
     assert docker("ps", "--all", "--quiet", "--filter", f"name={name}").stdout.strip() == ""
+
+
+def test_run_with_a_terminal(runner: Runner) -> None:
+    """``docker run -t``: the shim hands the runtime a console socket."""
+    p = runner.run("--rm", "-t", args=["sh", "-c", "tty; stty size"])
+    assert p.returncode == 0, p.stderr
+    lines = [line.strip() for line in p.stdout.splitlines()]
+    assert lines[0].startswith("/dev/pts/"), p.stdout
+
+
+def test_pause_unpause_and_update(runner: Runner) -> None:
+    """docker pause/unpause (freezer through the runtime) and docker update."""
+    p = runner.run("--detach", args=["sleep", "1000"])
+    assert p.returncode == 0, p.stderr
+    name = runner.names[-1]
+    docker = runner.daemon.docker
+    docker("pause", name)
+    assert docker("inspect", "--format", "{{.State.Status}}", name).stdout.strip() == "paused"
+    docker("unpause", name)
+    assert docker("inspect", "--format", "{{.State.Status}}", name).stdout.strip() == "running"
+    docker("update", "--pids-limit", "77", name)
+    p = docker("exec", name, "cat", "/sys/fs/cgroup/pids/pids.max", check=False)
+    if p.returncode != 0:  # cgroup v2: one hierarchy
+        p = docker("exec", name, "cat", "/sys/fs/cgroup/pids.max")
+    assert p.stdout.strip() == "77"
+    docker("rm", "--force", name)
