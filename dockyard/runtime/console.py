@@ -132,6 +132,7 @@ class TerminalProxy:
             if fd >= 0:
                 os.close(fd)
         self.remote_fd = self.master = -1
+        self.local.close()
 
 
 def _copy(src: int, dst: int) -> None:

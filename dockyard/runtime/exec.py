@@ -136,10 +136,17 @@ def exec_process(root: str, cid: str, opts: ExecOptions) -> int:
             join[kind] = path
     cg = s.cgroup()
     console_fd = None
+    term = None
     if proc.get("terminal") and opts.console_socket:
         from dockyard.runtime.console import connect
 
         console_fd = connect(opts.console_socket)
+    elif proc.get("terminal"):
+        # attached exec -t with no console socket: we hold the pty (as run does)
+        from dockyard.runtime.console import TerminalProxy
+
+        term = TerminalProxy()
+        console_fd = os.dup(term.remote_fd)
     for fd in range(3, 3 + opts.preserve_fds):
         os.set_inheritable(fd, True)
 
@@ -159,6 +166,8 @@ def exec_process(root: str, cid: str, opts: ExecOptions) -> int:
         await_done(ch, linux.get("seccomp"), state)
     except BaseException:
         kill_and_wait(pid)
+        if term is not None:
+            term.close()
         raise
     finally:
         ch.close()
@@ -168,7 +177,16 @@ def exec_process(root: str, cid: str, opts: ExecOptions) -> int:
         write_pid_file(opts.pid_file, pid)
     if opts.detach:
         return pid
-    return wait_forwarding_signals(pid)
+    if term is None:
+        return wait_forwarding_signals(pid)
+    try:
+        term.receive_master()
+        term.start(pid)
+        code = wait_forwarding_signals(pid)
+        term.finish()
+    finally:
+        term.close()
+    return code
 
 
 def _exec_child(ch: Channel, fin: Finalizer, console_fd: int | None, preserve_fds: int) -> NoReturn:

@@ -153,3 +153,22 @@ def test_foreground_run_holds_the_terminal(bundle: Bundle, runtime: Runtime) -> 
     assert re.search(r"^\W*/dev/pts/\d+$", p.stdout, re.M), p.stdout
     assert "31 97" in lines
     assert "all-ttys" in lines
+
+
+def test_foreground_exec_with_tty_holds_the_terminal(bundle: Bundle, runtime: Runtime) -> None:
+    """``exec -t`` without --console-socket or -d: the runtime holds the pty."""
+    cid = new_id()
+    bundle.set_args("sleep", "100").write()
+    call_detached(runtime, "run", "-d", "--bundle", str(bundle.path), cid)
+    argv = [*runtime.argv, "--root", str(runtime.root), "exec", "-t", cid]
+    cmd = " ".join(shlex.quote(a) for a in [*argv, "sh", "-c", "tty; stty size; exit 5"])
+    p = subprocess.run(
+        ["script", "-qec", f"stty rows 29 cols 91; {cmd}", "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert p.returncode == 5, p.stdout + p.stderr
+    assert re.search(r"^\W*/dev/pts/\d+$", p.stdout, re.M), p.stdout
+    assert "29 91" in [line.strip() for line in p.stdout.splitlines()]
