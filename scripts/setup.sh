@@ -18,6 +18,10 @@ PACKAGES=(
     util-linux         # unshare, nsenter, mount
     procps             # ps, for looking at what runs
     time               # GNU time: peak RSS of a runtime in the benchmark
+    docker-registry    # a real OCI distribution registry, started by the image tests
+    skopeo umoci       # reference image tools: copy into registries, unpack OCI layouts
+    openssl apache2-utils  # TLS certificates and htpasswd files for the test registry
+    pigz zstd          # multi-threaded gzip and zstd, for layers
     python3 python3-venv
     git
 )
