@@ -150,6 +150,9 @@ def container_init(ctx: InitContext, ch: Channel) -> NoReturn:
     if prop and "mount" in ctx.namespaces and not rootfs.PROPAGATION[prop] & libc.MS_PRIVATE:
         # only now: on the old root this would have reached the host's mount
         libc.mount(None, "/", None, rootfs.PROPAGATION[prop])
+    if not rootfs.is_procfs("/proc"):
+        # the init needs it (its exec fifo, /proc/self/fd) and must not trust a fake
+        raise SystemFailure("/proc in the container is not procfs: mount proc on /proc")
     if proc.get("terminal") and ctx.console_fd is not None:
         from dockyard.runtime.console import setup_console
 

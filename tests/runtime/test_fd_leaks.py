@@ -75,6 +75,28 @@ def test_create_start_passes_only_stdio(
     assert fd_numbers((bundle.rootfs / "fds").read_text()) == STDIO_AND_LS
 
 
+def test_fake_proc_in_the_rootfs_hides_no_fd(
+    bundle: Bundle, runtime: Runtime, stray_fds: list[int]
+) -> None:
+    """No /proc mount and a rootfs /proc that lists fake fds: still only 0-2 reach the
+    program (the runtime must not trust a listing of the container's /proc)."""
+    bundle.config["mounts"] = [m for m in bundle.config["mounts"] if m["destination"] != "/proc"]
+    bundle.config["linux"]["maskedPaths"] = []
+    bundle.config["linux"]["readonlyPaths"] = []
+    fake = bundle.rootfs / "proc" / "self" / "fd"
+    fake.mkdir(parents=True)
+    for name in ("0", "1", "2"):
+        (fake / name).write_text("")
+    bundle.set_args("sleep", "1000").write()
+    cid = new_id()
+    p = call_detached(runtime, "run", "-d", "--bundle", str(bundle.path), cid, check=False)
+    if p.returncode != 0:  # refusing is fine (runc does), with a clear word on /proc
+        assert "proc" in p.stderr, p.stderr
+        return
+    pid = runtime.state(cid)["pid"]
+    assert sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd")) == [0, 1, 2]
+
+
 def test_run_preserve_fds(bundle: Bundle, runtime: Runtime) -> None:
     bundle.set_args("sh", "-c", "ls /proc/self/fd; echo --; cat <&3; cat <&4").write()
     cid = new_id()

@@ -83,8 +83,11 @@ def runtime_files(runtime: Runtime) -> list[Path]:
                 path = line.split()[-1]
                 if "libpython" in path and os.path.isfile(path):
                     files.add(Path(os.path.realpath(path)))
+        # the sources the runtime runs from (not the rest of the stack's)
         package = Path(dockyard.__file__).parent
-        files.update(p for p in package.rglob("*.py"))
+        files.update(package.glob("*.py"))
+        for sub in ("runtime", "spec"):
+            files.update((package / sub).rglob("*.py"))
     return sorted(files)
 
 
