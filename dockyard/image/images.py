@@ -1,0 +1,170 @@
+"""Image records: a name pointing at a target descriptor, per namespace.
+
+containerd's images service model (api/services/images/v1/images.proto) as a
+plain class over one SQLite database. Every record belongs to a namespace;
+no call sees another namespace's images. The name is the full reference
+(``docker.io/library/busybox:latest``); the target is the index or manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from dockyard.errors import AlreadyExists, InvalidArgument, NotFound
+from dockyard.spec.image import Descriptor
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    target TEXT NOT NULL,
+    labels TEXT NOT NULL DEFAULT '{}',
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name)
+)
+"""
+
+
+@dataclass
+class Image:
+    name: str
+    target: Descriptor
+    labels: dict[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+def _ts(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1e9, UTC)
+
+
+class ImageStore:
+    """Image records in ``<root>/metadata.db`` (WAL; safe across processes)."""
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @staticmethod
+    def _check(namespace: str, name: str) -> None:
+        if not namespace:
+            raise InvalidArgument("namespace is required")
+        if not name:
+            raise InvalidArgument("image name is required")
+
+    def _row(self, row: tuple[str, str, str, int, int]) -> Image:
+        name, target, labels, created, updated = row
+        return Image(
+            name,
+            Descriptor.from_json(json.loads(target)),
+            json.loads(labels),
+            _ts(created),
+            _ts(updated),
+        )
+
+    def get(self, namespace: str, name: str) -> Image:
+        self._check(namespace, name)
+        row = self.db.execute(
+            "SELECT name, target, labels, created, updated FROM images"
+            " WHERE namespace = ? AND name = ?",
+            (namespace, name),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"image {name!r} not found in namespace {namespace!r}")
+        return self._row(row)
+
+    def list(self, namespace: str) -> list[Image]:
+        rows = self.db.execute(
+            "SELECT name, target, labels, created, updated FROM images"
+            " WHERE namespace = ? ORDER BY name",
+            (namespace,),
+        ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def walk_all(self) -> Iterator[tuple[str, Image]]:
+        """Every image of every namespace (for garbage collection)."""
+        rows = self.db.execute(
+            "SELECT namespace, name, target, labels, created, updated FROM images"
+        ).fetchall()
+        for ns, *rest in rows:
+            yield ns, self._row(tuple(rest))  # type: ignore[arg-type]
+
+    def create(self, namespace: str, image: Image) -> Image:
+        self._check(namespace, image.name)
+        now = time.time_ns()
+        try:
+            self.db.execute(
+                "INSERT INTO images VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    namespace,
+                    image.name,
+                    json.dumps(image.target.to_json()),
+                    json.dumps(image.labels),
+                    now,
+                    now,
+                ),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(
+                f"image {image.name!r} already exists in namespace {namespace!r}"
+            ) from None
+        return self.get(namespace, image.name)
+
+    def put(self, namespace: str, image: Image) -> Image:
+        """Create, or point an existing name at a new target (a pull, a tag)."""
+        try:
+            return self.create(namespace, image)
+        except AlreadyExists:
+            return self.update(namespace, image)
+
+    def update(
+        self, namespace: str, image: Image, fieldpaths: Sequence[str] | None = None
+    ) -> Image:
+        old = self.get(namespace, image.name)
+        target, labels = old.target, dict(old.labels)
+        paths = fieldpaths or ["target", "labels"]
+        for p in paths:
+            if p == "target":
+                target = image.target
+            elif p == "labels":
+                labels = dict(image.labels)
+            elif p.startswith("labels."):
+                key = p[len("labels.") :]
+                if key in image.labels:
+                    labels[key] = image.labels[key]
+                else:
+                    labels.pop(key, None)
+            else:
+                raise InvalidArgument(f"cannot update image field {p!r}")
+        self.db.execute(
+            "UPDATE images SET target = ?, labels = ?, updated = ?"
+            " WHERE namespace = ? AND name = ?",
+            (
+                json.dumps(target.to_json()),
+                json.dumps(labels),
+                time.time_ns(),
+                namespace,
+                image.name,
+            ),
+        )
+        return self.get(namespace, image.name)
+
+    def delete(self, namespace: str, name: str) -> None:
+        self._check(namespace, name)
+        cur = self.db.execute(
+            "DELETE FROM images WHERE namespace = ? AND name = ?", (namespace, name)
+        )
+        if cur.rowcount == 0:
+            raise NotFound(f"image {name!r} not found in namespace {namespace!r}")

@@ -1,0 +1,65 @@
+"""Image records: names to targets, one namespace never seeing another's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dockyard.errors import AlreadyExists, NotFound
+from dockyard.image.images import Image, ImageStore
+from dockyard.spec.image import Descriptor, MediaType
+
+DIGEST = "sha256:" + "ab" * 32
+OTHER = "sha256:" + "cd" * 32
+
+
+def target(digest: str = DIGEST) -> Descriptor:
+    return Descriptor(media_type=MediaType.OCI_MANIFEST, digest=digest, size=123)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ImageStore:
+    s = ImageStore(str(tmp_path / "metadata.db"))
+    return s
+
+
+def test_create_get_list_delete(store: ImageStore) -> None:
+    name = "docker.io/library/busybox:latest"
+    img = store.create("default", Image(name, target(), {"a": "b"}))
+    assert img.target.digest == DIGEST and img.labels == {"a": "b"}
+    assert img.created_at is not None
+    assert [i.name for i in store.list("default")] == [name]
+    with pytest.raises(AlreadyExists):
+        store.create("default", Image(name, target()))
+    store.delete("default", name)
+    with pytest.raises(NotFound, match="busybox"):
+        store.get("default", name)
+    with pytest.raises(NotFound):
+        store.delete("default", name)
+
+
+def test_namespaces_are_separate(store: ImageStore) -> None:
+    store.create("a", Image("x:1", target()))
+    store.create("b", Image("x:1", target(OTHER)))
+    assert store.get("a", "x:1").target.digest == DIGEST
+    assert store.get("b", "x:1").target.digest == OTHER
+    assert store.list("c") == []
+    store.delete("a", "x:1")
+    assert store.get("b", "x:1").target.digest == OTHER
+
+
+def test_put_moves_a_name_and_update_labels(store: ImageStore) -> None:
+    store.put("ns", Image("x:1", target(), {"keep": "1", "drop": "2"}))
+    img = store.put("ns", Image("x:1", target(OTHER), {"keep": "1", "drop": "2"}))
+    assert img.target.digest == OTHER
+    img = store.update("ns", Image("x:1", target(), {"new": "3"}), ["labels.new", "labels.drop"])
+    assert img.labels == {"keep": "1", "new": "3"}
+    assert img.target.digest == OTHER
+
+
+def test_two_stores_share_one_database(tmp_path: Path) -> None:
+    a = ImageStore(str(tmp_path / "m.db"))
+    b = ImageStore(str(tmp_path / "m.db"))
+    a.create("ns", Image("x:1", target()))
+    assert b.get("ns", "x:1").target.digest == DIGEST
