@@ -99,7 +99,7 @@ class ImageStore:
             "SELECT namespace, name, target, labels, created, updated FROM images"
         ).fetchall()
         for ns, *rest in rows:
-            yield ns, self._row(tuple(rest))  # type: ignore[arg-type]
+            yield ns, self._row((rest[0], rest[1], rest[2], rest[3], rest[4]))
 
     def create(self, namespace: str, image: Image) -> Image:
         self._check(namespace, image.name)
