@@ -330,12 +330,14 @@ def _mount_overlay_fsconfig(source: str, target: str, flags: int, data: list[str
                     _syscall(what, target, _SYS_FSCONFIG, fsfd, _FSCONFIG_SET_STRING,
                              key.encode(), value.encode(), 0)  # fmt: skip
             except OSError as e:
-                detail = _fs_error(fsfd) or e.strerror
+                detail = _fs_error(fsfd) or os.strerror(e.errno or 0)
                 raise OSError(e.errno, f"{what}: {key}={value}: {detail}", target) from None
         try:
             _syscall(what, target, _SYS_FSCONFIG, fsfd, _FSCONFIG_CMD_CREATE, None, None, 0)
         except OSError as e:
-            raise OSError(e.errno, f"{what}: {_fs_error(fsfd) or e.strerror}", target) from None
+            raise OSError(
+                e.errno, f"{what}: {_fs_error(fsfd) or os.strerror(e.errno or 0)}", target
+            ) from None
         attrs = 0
         for ms, attr in _ATTRS.items():
             if flags & ms:

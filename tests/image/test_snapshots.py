@@ -470,3 +470,62 @@ def test_mount_all_read_only_bind(tmp_path: Path) -> None:
         with pytest.raises(OSError) as e:
             (t / "x").write_text("x")
         assert e.value.errno == errno.EROFS
+
+
+def test_two_processes_on_one_root(tmp_path: Path) -> None:
+    """A forked process and this one create snapshots on one root at the same time."""
+    root = str(tmp_path / "root")
+    snapshots.new("overlayfs", root).close()  # the database exists before both start
+
+    def work(tag: str) -> None:
+        with snapshots.new("overlayfs", root) as s:
+            parent = ""
+            for i in range(30):
+                s.prepare(f"{tag}-a{i}", parent)
+                s.commit(f"{tag}-{i}", f"{tag}-a{i}")
+                parent = f"{tag}-{i}"
+
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            work("child")
+            code = 0
+        finally:
+            os._exit(code)
+    try:
+        work("parent")
+    finally:
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with snapshots.new("overlayfs", root) as s:
+        assert len(list(s.walk())) == 60
+        assert s.stat("child-29").parent == "child-28"
+        assert len(os.listdir(s.snapshots_dir)) == 60
+
+
+def test_lowerdir_plus_on_this_kernel() -> None:
+    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    assert mountmod.lowerdir_plus_supported() == ((major, minor) >= (6, 8))
+
+
+@pytest.mark.parametrize("method", ["auto", "relative"])
+def test_long_overlay_with_a_missing_layer_fails_cleanly(
+    tmp_path: Path, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if method == "relative":
+        monkeypatch.setattr(mountmod, "lowerdir_plus_supported", lambda: False)
+    base = tmp_path / ("x" * 50)
+    lowers = []
+    for i in range(120):
+        (base / f"layer-{i:03d}").mkdir(parents=True)
+        lowers.append(str(base / f"layer-{i:03d}"))
+    lowers[60] += "-missing"
+    target = tmp_path / "t"
+    target.mkdir()
+    m = Mount("overlay", "overlay", ["lowerdir=" + ":".join(lowers)])
+    with pytest.raises(OSError) as e:
+        mount_all([m], str(target))
+    assert e.value.errno == errno.ENOENT
+    assert "overlay" in str(e.value)
+    assert not os.path.ismount(target)

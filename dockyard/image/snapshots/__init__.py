@@ -402,10 +402,12 @@ class Snapshotter:
             raise InvalidArgument(f"{kind} snapshot: empty key")
         # Fail early (before any copying); checked again under the lock.
         if self._meta.find(key) is not None:
-            raise AlreadyExists(f'snapshot "{key}": already exists')
-        prec = self._meta.get(parent) if parent else None
+            raise AlreadyExists(f'{kind} snapshot "{key}": already exists')
+        prec = self._meta.find(parent) if parent else None
+        if parent and prec is None:
+            raise NotFound(f'{kind} snapshot "{key}": parent "{parent}": not found')
         if prec is not None and prec.kind != Kind.COMMITTED:
-            raise FailedPrecondition(f'snapshot "{key}": parent "{parent}" is not committed')
+            raise FailedPrecondition(f'{kind} snapshot "{key}": parent "{parent}" is not committed')
         tmp = tempfile.mkdtemp(prefix="new-", dir=self.snapshots_dir)
         lock = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         renamed = ""
