@@ -38,8 +38,8 @@ Semantics, with containerd's where it has them:
 - ``writer(ref, expected=d)`` when ``d`` is already committed raises
   ``AlreadyExists`` (nothing to fetch).
 - ``commit`` checks the size (its ``size``, else the writer's ``total``) and
-  the digest (its ``expected``, else the writer's), fsyncs, and links the data
-  into ``blobs/`` atomically, without ever replacing a blob. Outcomes:
+  the digest (its ``expected``, else the writer's), fsyncs, and renames the
+  data into ``blobs/`` (atomic; a blob already there is kept). Outcomes:
   fewer bytes than the size: ``FailedPrecondition``, the ingest and the
   writer stay (write the rest, commit again); more bytes than the size or a
   digest mismatch: ``InvalidArgument`` naming expected and actual, and the
@@ -48,7 +48,7 @@ Semantics, with containerd's where it has them:
   present: ``AlreadyExists``, the ingest is removed.
 - ``close()`` keeps the ingest for a later resume; ``abort(ref)`` removes it.
 - A writer killed at any point (SIGKILL) leaves at most an ingest: blobs are
-  only ever made by ``link(2)`` of a complete, verified, fsynced file.
+  only ever made by ``rename(2)`` of a complete, verified, fsynced file.
 - Writes are streamed: nothing holds a whole blob in memory.
 
 Filters (``walk``, ``statuses``) follow containerd's syntax: ``field==value``,
@@ -476,15 +476,17 @@ class Writer:
 
         store = self._store
         target = store._blob_path(actual)
+        if os.path.exists(target):
+            self._discard()
+            raise AlreadyExists(f"content {actual}: already exists")
+        # rename(2) is atomic: the blob appears whole or not at all. Two
+        # writers racing to commit the same verified bytes may both succeed.
         try:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.fchmod(fd, 0o444)
-            os.link(os.path.join(self._dir, "data"), target)
-        except FileExistsError:
-            self._discard()
-            raise AlreadyExists(f"content {actual}: already exists") from None
+            os.rename(os.path.join(self._dir, "data"), target)
         except OSError as e:
-            raise SystemFailure(f"{what}: link into blobs: {e.strerror or e}") from e
+            raise SystemFailure(f"{what}: move into blobs: {e.strerror or e}") from e
         try:
             _fsync_dir(os.path.dirname(target))
             now = time.time()
