@@ -1,0 +1,10 @@
+"""Layer tars: apply one onto a directory, and write one from a directory's changes.
+
+containerd's diff service as a library (OCI image-spec layer.md). Plain
+functions; no daemon or gRPC here.
+"""
+
+from dockyard.image.archive.apply import ApplyResult, apply_layer
+from dockyard.image.archive.compression import detect as detect_compression
+
+__all__ = ["ApplyResult", "apply_layer", "detect_compression"]
