@@ -1,8 +1,11 @@
-"""The image side: content store, references, and (from other modules) snapshots,
-layer diffs and the registry client, as a library the supervisor serves.
+"""The image side of the supervisor, as a library (containerd's place in the stack).
 
 - ``dockyard.image.reference``: Docker's image names (``parse``).
-- ``dockyard.image.content``: the content store (``ContentStore``).
-- The spec types (descriptors, manifests, digests, platforms) live in
-  ``dockyard.spec.image``.
+- ``dockyard.image.content``: the content store (``ContentStore``): blobs by
+  digest, written through resumable ingests, committed only when verified.
+- The spec types every layer shares (media types, digests, descriptors,
+  manifests, indexes, configs, platforms) live in ``dockyard.spec.image``.
+
+Snapshotters, layer apply/diff, image records and the registry client sit
+beside these modules and build on them.
 """
