@@ -1,0 +1,137 @@
+"""Pulling an image: resolve the name, fetch what is missing, record it, unpack.
+
+The flow containerd's client uses (docs/content-flow.md): the target (index
+or manifest) is resolved by name; the index is narrowed to this platform's
+manifest; the manifest, config and layers go into the content store through
+ingests named after their digests (so an interrupted pull resumes where it
+stopped, and the next pull completes); the image record points the name at
+the target; the layers are unpacked into snapshots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dockyard.errors import AlreadyExists, InvalidArgument
+from dockyard.image import reference
+from dockyard.image.content import ContentStore, Writer
+from dockyard.image.images import Image, ImageStore
+from dockyard.image.registry import BlobFetch, Registry
+from dockyard.image.snapshots import Snapshotter
+from dockyard.image.unpack import unpack
+from dockyard.spec.image import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MAX_MANIFEST_SIZE,
+    Descriptor,
+    Manifest,
+    Platform,
+    parse_index,
+    parse_manifest,
+    select_manifest,
+)
+
+BlobProgress = Callable[[str, int, int], None]
+
+
+@dataclass
+class PullResult:
+    image: Image
+    manifest: Manifest
+    manifest_digest: str
+    chain_id: str  # "" when not unpacked
+
+
+def _store_bytes(content: ContentStore, digest: str, data: bytes) -> None:
+    if content.exists(digest):
+        return
+    try:
+        with content.writer(f"manifest-{digest}", expected=digest, total=len(data)) as w:
+            w.truncate(0)
+            w.write(data)
+            w.commit(len(data), digest)
+    except AlreadyExists:
+        pass
+
+
+def _fetch_manifest(
+    reg: Registry, content: ContentStore, repo: str, desc: Descriptor
+) -> tuple[bytes, str]:
+    if content.exists(desc.digest):
+        return content.read_bytes(desc.digest, max_size=MAX_MANIFEST_SIZE), desc.media_type
+    data, media_type = reg.fetch_manifest(repo, desc.digest)
+    _store_bytes(content, desc.digest, data)
+    return data, media_type or desc.media_type
+
+
+def fetch_blobs(
+    reg: Registry,
+    content: ContentStore,
+    repo: str,
+    blobs: list[Descriptor],
+    progress: BlobProgress | None = None,
+) -> None:
+    """Fetch the blobs not yet in the store, resuming ingests, verifying each digest."""
+    writers: list[tuple[Descriptor, Writer]] = []
+    try:
+        for d in blobs:
+            if content.exists(d.digest):
+                continue
+            try:
+                w = content.writer(f"blob-{d.digest}", expected=d.digest, total=d.size)
+            except AlreadyExists:
+                continue
+            writers.append((d, w))
+        fetches = [BlobFetch(d.digest, d.size, w, w.offset) for d, w in writers]
+        reg.fetch_blobs(repo, fetches, progress=progress)
+        for d, w in writers:
+            try:
+                w.commit(d.size, d.digest)
+            except AlreadyExists:
+                pass
+    finally:
+        for _, w in writers:
+            w.close()
+
+
+def pull(
+    name: str,
+    *,
+    content: ContentStore,
+    images: ImageStore,
+    namespace: str = "default",
+    snapshotter: Snapshotter | None = None,
+    platform: Platform | None = None,
+    registry: Registry | None = None,
+    insecure: bool = False,
+    ca_file: str | None = None,
+    progress: BlobProgress | None = None,
+) -> PullResult:
+    ref = reference.parse(name)
+    reg = registry or Registry(ref.domain, insecure=insecure, ca_file=ca_file)
+    try:
+        resolved = reg.resolve(ref.path, ref.digest or ref.tag or "latest")
+        target = Descriptor(
+            media_type=resolved.media_type, digest=resolved.digest, size=resolved.size
+        )
+        data, media_type = _fetch_manifest(reg, content, ref.path, target)
+        manifest_desc = target
+        if media_type in INDEX_TYPES:
+            index = parse_index(data, media_type)
+            manifest_desc = select_manifest(index, platform)
+            data, media_type = _fetch_manifest(reg, content, ref.path, manifest_desc)
+            if media_type in INDEX_TYPES:
+                raise InvalidArgument(f"pull {name}: nested indexes are not supported yet")
+        if media_type not in MANIFEST_TYPES:
+            raise InvalidArgument(f"pull {name}: unsupported manifest media type {media_type!r}")
+        manifest = parse_manifest(data, media_type)
+        fetch_blobs(reg, content, ref.path, [manifest.config, *manifest.layers], progress)
+    finally:
+        if registry is None:
+            reg.close()
+    image = images.put(namespace, Image(str(ref), target))
+    chain = ""
+    if snapshotter is not None:
+        chain = unpack(content, snapshotter, manifest, key_prefix=f"{namespace}/")
+    return PullResult(image, manifest, manifest_desc.digest, chain)
