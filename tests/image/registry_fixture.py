@@ -309,6 +309,7 @@ class FaultProxy:
     served with one byte changed. ``redirect``: blob GETs to 127.0.0.1 are
     answered 307 to the same path on ``localhost`` (another origin), which then
     serves the blob without asking for credentials, as a presigned url would.
+    ``no_head``: HEAD requests answered 405, as by registries without HEAD.
     ``seen`` records (host header, method, path, Range, Authorization) of each request.
     """
 
@@ -318,6 +319,7 @@ class FaultProxy:
         self.corrupt: set[str] = set()
         self.redirect = False
         self.stash: dict[str, bytes] = {}
+        self.no_head = False
         self.seen: list[tuple[str, str, str, str, str]] = []
         proxy = self
 
@@ -338,6 +340,11 @@ class FaultProxy:
                         self.headers.get("Authorization", ""),
                     )
                 )
+                if self.command == "HEAD" and proxy.no_head:
+                    self.send_response(405)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 is_blob = self.command == "GET" and "/blobs/sha256:" in self.path

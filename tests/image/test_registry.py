@@ -537,3 +537,68 @@ def test_skopeo_reads_what_we_push(plain: Registry) -> None:
         capture_output=True,
     ).stdout
     assert out == image.manifest
+
+
+# -- into the content store ------------------------------------------------------------
+
+
+def test_into_the_content_store_resumes_and_never_commits_bad_bytes(
+    plain: Registry,
+    fault_proxy: FaultProxy,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from dockyard.image.content import ContentStore
+
+    store = ContentStore(tmp_path / "content")
+    data = os.urandom(2 * 1024 * 1024 + 3)
+    digest = sha256(data)
+    plain.upload_blob("test/store", digest, len(data), data)
+
+    # the connection drops and the client gives up: the ingest keeps what came
+    fault_proxy.cut[digest] = 700_000
+    with Registry(fault_proxy.host, config_path=None, retries=0) as reg:
+        with (
+            store.writer(f"layer-{digest}", expected=digest, total=len(data)) as w,
+            pytest.raises(RegistryError, match="connection lost at byte 700000"),
+        ):
+            reg.fetch_blob("test/store", digest, len(data), w)
+        assert not store.exists(digest)
+        # the next pull goes on from the ingest's offset, and the commit verifies
+        with store.writer(f"layer-{digest}", expected=digest, total=len(data)) as w:
+            assert w.offset == 700_000
+            reg.fetch_blob("test/store", digest, len(data), w, offset=w.offset)
+            w.commit(len(data), digest)
+    assert store.read_bytes(digest) == data
+    assert fault_proxy.seen[-1][3] == "bytes=700000-"
+
+    # a corrupt blob is refused before any commit
+    other = os.urandom(300_000)
+    plain.upload_blob("test/store", sha256(other), len(other), other)
+    fault_proxy.corrupt.add(sha256(other))
+    with (
+        Registry(fault_proxy.host, config_path=None) as reg,
+        store.writer(f"layer-{sha256(other)}", expected=sha256(other)) as w,
+        pytest.raises(InvalidArgument, match="content has digest"),
+    ):
+        reg.fetch_blob("test/store", sha256(other), len(other), w)
+    assert not store.exists(sha256(other))
+
+
+def test_resolve_falls_back_to_get_without_head(
+    plain: Registry,
+    fault_proxy: FaultProxy,  # noqa: F811
+) -> None:
+    image = make_image("no head")
+    push_image(plain, "test/nohead", "v1", image)
+    fault_proxy.no_head = True
+    with Registry(fault_proxy.host, config_path=None) as reg:
+        resolved = reg.resolve("test/nohead", "v1")
+    assert (resolved.media_type, resolved.digest, resolved.size) == (
+        OCI_MANIFEST,
+        image.digest,
+        len(image.manifest),
+    )
+    assert [m for (_, m, path, _, _) in fault_proxy.seen if "/manifests/" in path] == [
+        "HEAD",
+        "GET",
+    ]
