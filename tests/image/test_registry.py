@@ -602,3 +602,17 @@ def test_resolve_falls_back_to_get_without_head(
         "HEAD",
         "GET",
     ]
+
+
+def test_token_refused_by_the_registry_is_fetched_again(
+    token_registry: TokenRegistry,  # noqa: F811
+) -> None:
+    host = token_registry.registry.host
+    image = make_image("refused token")
+    with Registry(host, credentials=(USER, PASSWORD), config_path=None) as reg:
+        push_image(reg, "test/refused", "v1", image)
+        # a cached token the registry no longer accepts (expired, revoked)
+        reg._tokens.put(["repository:test/refused:pull"], "not.a.token", 300)
+        issued = token_registry.tokens.issued
+        assert reg.tags("test/refused") == ["v1"]
+        assert token_registry.tokens.issued == issued + 1

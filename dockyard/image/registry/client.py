@@ -243,31 +243,35 @@ class Registry:
                     return challenge
         return None
 
-    def _authorization(self, scopes: Sequence[str], *, fresh: bool = False) -> str | None:
+    def _authorization(
+        self, scopes: Sequence[str], what: str, *, fresh: bool = False
+    ) -> str | None:
         challenge = self._challenge
         if challenge is None:
             return None
         if challenge.scheme == "basic":
             creds = self.credentials()
             if creds is None:
-                raise Unauthorized(f"{self.host}: basic authentication required, no credentials")
+                raise Unauthorized(f"{what}: basic authentication required, no credentials")
             return creds.basic_header()
         if not fresh:
             token = self._tokens.get(scopes)
             if token is not None:
                 return "Bearer " + token
-        token, lifetime = self._fetch_token(challenge, scopes)
+        token, lifetime = self._fetch_token(challenge, scopes, what)
         self._tokens.put(scopes, token, lifetime)
         return "Bearer " + token
 
-    def _fetch_token(self, challenge: auth.Challenge, scopes: Sequence[str]) -> tuple[str, float]:
+    def _fetch_token(
+        self, challenge: auth.Challenge, scopes: Sequence[str], what: str
+    ) -> tuple[str, float]:
         wanted = list(scopes)
         for scope in challenge.params.get("scope", "").split():
             if scope not in wanted:
                 wanted.append(scope)
         creds = self.credentials()
         method, url, headers, body = auth.token_request(challenge, wanted, creds)
-        what = f"get a token for {self.host} from {challenge.params.get('realm')}"
+        what = f"{what}: get a token from {challenge.params.get('realm')}"
         try:
             resp = self._transport.request(method, url, headers, body)
             data = resp.read(1 << 20)
@@ -298,7 +302,7 @@ class Registry:
         for attempt in range(2):
             hdrs = dict(headers or {})
             if same_origin:
-                authorization = self._authorization(scopes, fresh=fresh)
+                authorization = self._authorization(scopes, what, fresh=fresh)
                 if authorization:
                     hdrs["Authorization"] = authorization
             try:
