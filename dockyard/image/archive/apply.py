@@ -16,7 +16,6 @@ the caller to check against the image config's ``rootfs.diff_ids``.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 import tarfile
@@ -61,18 +60,12 @@ class _Source:
         self._buf = bytearray()
         self._pos = 0
         self._consumed = 0
-        self.digest = hashlib.sha256()
-        self.size = 0
         self.offset = 0  # where the next header starts (set by tarfile)
         self.pax_headers: dict[str, str] = {}
         self.fileobj = self
 
     def _pull(self, n: int) -> bytes:
-        chunk = self._src.read(n)
-        if chunk:
-            self.digest.update(chunk)
-            self.size += len(chunk)
-        return chunk
+        return self._src.read(n)
 
     def _fill(self, n: int) -> None:
         """Buffer at least ``n`` bytes unless the stream ends first."""
@@ -443,19 +436,20 @@ def apply_layer(
     """
     if whiteouts not in ("overlay", "direct"):
         raise InvalidArgument(f"unknown whiteout mode {whiteouts!r}: want overlay or direct")
-    reader, found = _comp.decompressed(stream, compression)
-    src = _Source(reader)
     try:
         r = Root(root, parents)
     except OSError as e:
         raise SystemFailure(f"apply layer onto {root}: {e.strerror}")
+    pipe: _comp.Prefetcher | None = None
     try:
-        applier = _Applier(r, src, whiteouts == "overlay")
+        reader, found = _comp.decompressed(stream, compression)
+        pipe = _comp.Prefetcher(reader)
+        applier = _Applier(r, _Source(pipe), whiteouts == "overlay")
         applier.run()
         if found == _comp.ZSTD and applier.end_without_marker:
-            raise InvalidArgument(
-                "layer zstd stream is truncated: tar end-of-archive marker missing"
-            )
+            raise InvalidArgument("layer zstd stream is truncated: no tar end-of-archive marker")
     finally:
+        if pipe is not None:
+            pipe.close()
         r.close()
-    return ApplyResult(diff_id="sha256:" + src.digest.hexdigest(), size=src.size)
+    return ApplyResult(diff_id="sha256:" + pipe.digest.hexdigest(), size=pipe.size)

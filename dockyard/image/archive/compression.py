@@ -8,6 +8,9 @@ is never held in memory whole, and turn every decoding failure into an
 
 from __future__ import annotations
 
+import hashlib
+import queue
+import threading
 import zlib
 from typing import Any, BinaryIO, Protocol, cast
 
@@ -147,6 +150,75 @@ def decompressed(stream: BinaryIO, compression: str | None) -> tuple[Reader, str
     raise InvalidArgument(
         f"unknown layer compression {found!r}: want one of {', '.join(COMPRESSIONS)}"
     )
+
+
+class Prefetcher:
+    """Decompress and hash in a thread, ``depth`` chunks ahead of the reader.
+
+    zlib, zstd and hashlib release the GIL, so this overlaps them with the
+    caller's filesystem work on another CPU. ``digest`` and ``size`` cover
+    every byte once ``read`` has returned b"".
+    """
+
+    def __init__(self, reader: Reader, depth: int = 8) -> None:
+        self._reader = reader
+        self._q: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._rest = b""
+        self._eof = False
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self._thread = threading.Thread(target=self._run, name="layer-decompress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                chunk = self._reader.read(CHUNK)
+                if chunk:
+                    self.digest.update(chunk)
+                    self.size += len(chunk)
+                self._put(chunk)
+                if not chunk:
+                    return
+        except BaseException as e:
+            self._put(e)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, n: int = -1, /) -> bytes:
+        if not self._rest:
+            if self._eof:
+                return b""
+            item = self._q.get()
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            if not item:
+                self._eof = True
+                return b""
+            self._rest = item
+        if n is None or n < 0 or n >= len(self._rest):
+            out, self._rest = self._rest, b""
+            return out
+        out, self._rest = self._rest[:n], self._rest[n:]
+        return out
+
+    def close(self) -> None:
+        """Stop the thread (also when the reader gave up half-way)."""
+        self._stop.set()
+        while True:
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout=5)
 
 
 class Writer(Protocol):
