@@ -170,6 +170,37 @@ def cmd_unpack(s: Stores, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(s: Stores, a: argparse.Namespace) -> int:
+    from dockyard.image.gc import collect
+    from dockyard.image.leases import LeaseStore
+
+    kinds = [
+        k for k in ("overlayfs", "native") if os.path.isdir(os.path.join(s.root, "snapshots", k))
+    ]
+    snaps = {k: s.snapshotter(k) for k in kinds}
+    leases = LeaseStore(os.path.join(s.root, "metadata.db"))
+    try:
+        r = collect(s.content, s.images, snaps, leases, dry_run=a.dry_run, root=s.root)
+    finally:
+        leases.close()
+        for snap in snaps.values():
+            snap.close()
+    verb = "would remove" if a.dry_run else "removed"
+    for digest in r.blobs:
+        print(f"{verb} blob {digest}")
+    for kind, key in r.snapshots:
+        print(f"{verb} snapshot {kind} {key}")
+    for ref in r.ingests:
+        print(f"{verb} ingest {ref}")
+    for ns, lease_id in r.leases:
+        print(f"{verb} expired lease {ns}/{lease_id}")
+    print(
+        f"{verb} {len(r.blobs)} blobs ({r.bytes} bytes), {len(r.snapshots)} snapshots,"
+        f" {len(r.ingests)} ingests"
+    )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dockyard-image", description=__doc__.splitlines()[0])
     p.add_argument("--root", default=DEFAULT_ROOT, help="state directory (%(default)s)")
@@ -205,6 +236,10 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("ref")
     up.add_argument("dir")
     up.set_defaults(fn=cmd_unpack)
+
+    gc = sub.add_parser("gc", help="remove blobs and snapshots no image or lease refers to")
+    gc.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+    gc.set_defaults(fn=cmd_gc)
     return p
 
 

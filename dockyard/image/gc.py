@@ -1,0 +1,398 @@
+"""Garbage collection of blobs, snapshots and ingests: mark from the roots, sweep the rest.
+
+containerd's model (``docs/garbage-collection.md``). The roots are:
+
+- every image record of every namespace: its target, and through it the
+  whole graph (index -> manifests -> config and layers; children that are
+  missing are fine), plus the snapshots unpacked from it: for each config's
+  ``rootfs.diff_ids``, the snapshots ``<namespace>/<chainID>`` (unpack's
+  names) in every snapshotter;
+- what an unexpired lease holds (``leases.py``); expired leases are deleted;
+- blobs and snapshots labelled ``containerd.io/gc.root`` (or ``dockyard.io/gc.root``);
+- ``extra_roots``: what a caller knows is in use (the supervisor's container
+  records: their snapshots).
+
+From every kept resource the references in its labels are followed:
+``containerd.io/gc.ref.content`` and ``containerd.io/gc.ref.content.<any>``
+(a digest), ``containerd.io/gc.ref.snapshot.<snapshotter>`` (optionally
+``.../<any>``; a key, tried in the referrer's namespace first). A kept
+snapshot keeps its parent chain. A lease labelled ``containerd.io/gc.flat``
+keeps what it lists but not what their labels refer to.
+
+The sweep deletes every other blob, removes every other snapshot, children
+before parents (active ones too: only a lease or a container keeps those),
+and aborts ingests untouched for ``ingest_age`` that no lease holds.
+
+A gc must not run while a pull is between fetching and recording: pull and
+unpack hold ``gc_lock(root, shared=True)`` and ``collect`` takes the same
+lock exclusively, so it waits for them (and they for it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from dockyard.errors import DockyardError, FailedPrecondition, NotFound
+from dockyard.image.content import ContentStore
+from dockyard.image.content import Info as BlobInfo
+from dockyard.image.images import ImageStore
+from dockyard.image.leases import LeaseStore, Resource
+from dockyard.image.snapshots import Info as SnapshotInfo
+from dockyard.image.snapshots import Snapshotter
+from dockyard.image.unpack import chain_ids
+from dockyard.spec.image import MAX_MANIFEST_SIZE
+
+ROOT_LABELS = ("containerd.io/gc.root", "dockyard.io/gc.root")
+_REF_PREFIXES = ("containerd.io/gc.ref.", "dockyard.io/gc.ref.")
+DEFAULT_INGEST_AGE = timedelta(hours=24)
+LOCK_FILE = "gc.lock"
+
+
+class GCLocked(FailedPrecondition):
+    """The gc lock was not had in time; gRPC UNAVAILABLE, so a caller may retry."""
+
+    grpc_code = "UNAVAILABLE"
+    http_status = 503
+
+
+@contextlib.contextmanager
+def gc_lock(root: str, *, shared: bool = True, timeout: float | None = None) -> Iterator[None]:
+    """Hold ``<root>/gc.lock``: shared for a pull or unpack, exclusive for a gc.
+
+    Waits for the lock (forever, or ``timeout`` seconds, then ``GCLocked``).
+    The lock is an ``flock(2)`` on a descriptor of our own, so it also works
+    between threads of one process, and goes away with a killed process.
+    """
+    os.makedirs(root, exist_ok=True)
+    path = os.path.join(root, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        if timeout is None:
+            fcntl.flock(fd, op)
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, op | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        mode = "shared" if shared else "exclusive"
+                        raise GCLocked(
+                            f"gc lock {path}: not had ({mode}) within {timeout:g} s"
+                        ) from None
+                    time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Report:
+    """What a gc removed (or, in a dry run, would remove)."""
+
+    dry_run: bool = False
+    blobs: list[str] = field(default_factory=list)
+    bytes: int = 0
+    snapshots: list[tuple[str, str]] = field(default_factory=list)  # (snapshotter, key)
+    ingests: list[str] = field(default_factory=list)
+    leases: list[tuple[str, str]] = field(default_factory=list)  # expired: (namespace, id)
+
+
+def _namespace_of(key: str) -> str:
+    ns, sep, _ = key.partition("/")
+    return ns if sep else ""
+
+
+def _label_refs(labels: Mapping[str, str]) -> Iterator[tuple[str, str]]:
+    """``(kind, value)`` for each gc.ref label: kind "content" or a snapshotter's name."""
+    for key, value in labels.items():
+        if not value:
+            continue
+        for prefix in _REF_PREFIXES:
+            if not key.startswith(prefix):
+                continue
+            rest = key[len(prefix) :]
+            if rest == "content" or rest.startswith("content."):
+                yield "content", value
+            elif rest.startswith("snapshot."):
+                snapshotter = rest[len("snapshot.") :].split("/", 1)[0]
+                if snapshotter:
+                    yield "snapshots/" + snapshotter, value
+
+
+def _is_root(labels: Mapping[str, str]) -> bool:
+    return any(labels.get(k) for k in ROOT_LABELS)
+
+
+class _Marker:
+    """The mark phase: everything reachable from the roots."""
+
+    def __init__(
+        self,
+        content: ContentStore,
+        blobs: Mapping[str, BlobInfo],
+        snapshots: Mapping[str, Mapping[str, SnapshotInfo]],
+    ) -> None:
+        self.content = content
+        self.blobs = blobs
+        self.snapshots = snapshots
+        self.kept_blobs: set[str] = set()
+        self.kept_snapshots: set[tuple[str, str]] = set()
+        self._seen: set[tuple[str, str, str]] = set()
+        self._followed: set[tuple[str, str]] = set()  # snapshots whose labels were followed
+        # content nodes: (digest, namespace, role); role is "image" (an index or
+        # a manifest: read it), "config" (read its diff_ids), "blob" (labels
+        # only) or "flat" (keep, follow nothing)
+        self._queue: deque[tuple[str, str, str]] = deque()
+
+    # -- roots -------------------------------------------------------------
+
+    def blob(self, digest: str, namespace: str = "", role: str = "blob") -> None:
+        self._queue.append((digest, namespace, role))
+
+    def snapshot(self, snapshotter: str, key: str, namespace: str = "", flat: bool = False) -> None:
+        """Keep ``key`` (tried as ``<namespace>/<key>`` first) and its parents."""
+        infos = self.snapshots.get(snapshotter)
+        if not infos:
+            return
+        candidates = [key]
+        if namespace and not key.startswith(namespace + "/"):
+            candidates.insert(0, f"{namespace}/{key}")
+        for k in candidates:
+            if k in infos:
+                self._keep_snapshot(snapshotter, k, flat)
+                return
+
+    def resource(self, res: Resource, namespace: str = "", flat: bool = False) -> None:
+        if res.type == "content":
+            self.blob(res.id, namespace, "flat" if flat else "blob")
+        elif res.snapshotter:
+            self.snapshot(res.snapshotter, res.id, namespace, flat)
+
+    def labels(self, labels: Mapping[str, str], namespace: str) -> None:
+        for kind, value in _label_refs(labels):
+            if kind == "content":
+                self.blob(value, namespace)
+            else:
+                self.snapshot(kind[len("snapshots/") :], value, namespace)
+
+    # -- the walk ----------------------------------------------------------
+
+    def _keep_snapshot(self, snapshotter: str, key: str, flat: bool) -> None:
+        infos = self.snapshots[snapshotter]
+        while key:
+            node = (snapshotter, key)
+            info = infos.get(key)
+            if info is None or (node in self.kept_snapshots and (flat or node in self._followed)):
+                return
+            self.kept_snapshots.add(node)
+            if not flat:
+                self._followed.add(node)
+                self.labels(info.labels, _namespace_of(key))
+            key = info.parent
+
+    def run(self) -> None:
+        while self._queue:
+            node = self._queue.popleft()
+            if node in self._seen:
+                continue
+            self._seen.add(node)
+            digest, namespace, role = node
+            info = self.blobs.get(digest)
+            if info is None:
+                continue  # a missing child: nothing to keep
+            self.kept_blobs.add(digest)
+            if role == "flat":
+                continue
+            self.labels(info.labels, namespace)
+            if role == "image":
+                self._image(digest, namespace)
+            elif role == "config":
+                self._config(digest, namespace)
+
+    def _json(self, digest: str) -> dict[str, object] | None:
+        info = self.blobs[digest]
+        if info.size > MAX_MANIFEST_SIZE:
+            return None
+        try:
+            obj = json.loads(self.content.read_bytes(digest, max_size=MAX_MANIFEST_SIZE))
+        except (DockyardError, OSError, ValueError):
+            return None
+        return obj if isinstance(obj, dict) else None
+
+    @staticmethod
+    def _digests(value: object) -> Iterator[str]:
+        items = value if isinstance(value, list) else [value]
+        for d in items:
+            if isinstance(d, dict) and isinstance(d.get("digest"), str):
+                yield d["digest"]
+
+    def _image(self, digest: str, namespace: str) -> None:
+        """An index or a manifest, told apart by shape (some lack ``mediaType``)."""
+        obj = self._json(digest)
+        if obj is None:
+            return
+        for child in self._digests(obj.get("manifests")):
+            self.blob(child, namespace, "image")
+        for child in self._digests(obj.get("config")):
+            self.blob(child, namespace, "config")
+        for child in self._digests(obj.get("layers")):
+            self.blob(child, namespace, "blob")
+
+    def _config(self, digest: str, namespace: str) -> None:
+        obj = self._json(digest)
+        rootfs = obj.get("rootfs") if obj else None
+        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+        if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+            return
+        prefix = f"{namespace}/" if namespace else ""
+        for chain in chain_ids(diff_ids):
+            for snapshotter in self.snapshots:
+                self.snapshot(snapshotter, prefix + chain)
+
+
+def _children_first(infos: Mapping[str, SnapshotInfo], keys: Iterable[str]) -> list[str]:
+    """``keys`` ordered so that every snapshot comes before its parent."""
+    depth: dict[str, int] = {}
+
+    def depth_of(key: str) -> int:
+        chain = []
+        while key and key not in depth and key in infos:
+            chain.append(key)
+            key = infos[key].parent
+        d = depth.get(key, -1) if key else -1
+        for k in reversed(chain):
+            d += 1
+            depth[k] = d
+        return d
+
+    return sorted(keys, key=lambda k: (-depth_of(k), k))
+
+
+def collect(
+    content: ContentStore,
+    images: ImageStore,
+    snapshotters: Mapping[str, Snapshotter],
+    leases: LeaseStore | None = None,
+    *,
+    dry_run: bool = False,
+    ingest_age: timedelta = DEFAULT_INGEST_AGE,
+    extra_roots: Iterable[Resource] = (),
+    root: str | None = None,
+    lock: bool = True,
+    lock_timeout: float | None = None,
+    now: datetime | None = None,
+) -> Report:
+    """Mark from the roots and sweep the rest; see the module docstring.
+
+    ``snapshotters`` maps each snapshotter's name (``overlayfs``, ``native``:
+    the name ``gc.ref.snapshot.<name>`` labels and lease resources use) to it.
+    ``root`` is the store's directory, whose ``gc.lock`` is held exclusively
+    throughout (default: the content store's parent, the CLI's layout);
+    ``lock=False`` is for a caller that already holds it.
+    """
+    if not lock:
+        return _collect(
+            content, images, snapshotters, leases, dry_run, ingest_age, extra_roots, now
+        )
+    lock_root = root if root is not None else os.path.dirname(os.path.abspath(content.root))
+    with gc_lock(lock_root, shared=False, timeout=lock_timeout):
+        return _collect(
+            content, images, snapshotters, leases, dry_run, ingest_age, extra_roots, now
+        )
+
+
+def _collect(
+    content: ContentStore,
+    images: ImageStore,
+    snapshotters: Mapping[str, Snapshotter],
+    leases: LeaseStore | None,
+    dry_run: bool,
+    ingest_age: timedelta,
+    extra_roots: Iterable[Resource],
+    now: datetime | None,
+) -> Report:
+    now = now or datetime.now(UTC)
+    report = Report(dry_run=dry_run)
+    blobs = {info.digest: info for info in content.walk()}
+    snapshots = {name: {i.name: i for i in s.walk()} for name, s in snapshotters.items()}
+    mark = _Marker(content, blobs, snapshots)
+
+    for namespace, image in images.walk_all():
+        mark.blob(image.target.digest, namespace, "image")
+        mark.labels(image.labels, namespace)
+
+    leased_ingests: set[str] = set()
+    if leases is not None:
+        for namespace, held in leases.walk_all():
+            if held.expired(now):
+                report.leases.append((namespace, held.id))
+                continue
+            for res in leases.resources(namespace, held.id):
+                if res.type == "ingests":
+                    leased_ingests.add(res.id)
+                else:
+                    mark.resource(res, namespace, flat=held.flat)
+
+    for info in blobs.values():
+        if _is_root(info.labels):
+            mark.blob(info.digest)
+    for name, infos in snapshots.items():
+        for key, snap in infos.items():
+            if _is_root(snap.labels):
+                mark.snapshot(name, key)
+    for res in extra_roots:
+        if res.type == "ingests":
+            leased_ingests.add(res.id)
+        else:
+            mark.resource(res)
+    mark.run()
+
+    # -- sweep -------------------------------------------------------------
+    for digest in sorted(set(blobs) - mark.kept_blobs):
+        if not dry_run:
+            try:
+                content.delete(digest)
+            except NotFound:
+                continue
+        report.blobs.append(digest)
+        report.bytes += blobs[digest].size
+
+    for name, infos in snapshots.items():
+        doomed = [k for k in infos if (name, k) not in mark.kept_snapshots]
+        for key in _children_first(infos, doomed):
+            if not dry_run:
+                try:
+                    snapshotters[name].remove(key)
+                except NotFound:
+                    continue
+                except FailedPrecondition:
+                    continue  # a child appeared meanwhile (not under the gc lock): keep it
+            report.snapshots.append((name, key))
+
+    cutoff = now - ingest_age
+    for status in content.statuses():
+        if status.ref in leased_ingests or status.updated_at > cutoff:
+            continue
+        if not dry_run:
+            try:
+                content.abort(status.ref)
+            except (NotFound, FailedPrecondition):
+                continue  # gone, or a writer holds it: it is in use
+        report.ingests.append(status.ref)
+
+    if leases is not None and not dry_run:
+        for namespace, lease_id in report.leases:
+            with contextlib.suppress(NotFound):
+                leases.delete(namespace, lease_id)
+    return report
