@@ -6,5 +6,6 @@ functions; no daemon or gRPC here.
 
 from dockyard.image.archive.apply import ApplyResult, apply_layer
 from dockyard.image.archive.compression import detect as detect_compression
+from dockyard.image.archive.diff import DiffResult, write_diff
 
-__all__ = ["ApplyResult", "apply_layer", "detect_compression"]
+__all__ = ["ApplyResult", "DiffResult", "apply_layer", "detect_compression", "write_diff"]

@@ -221,13 +221,17 @@ class Prefetcher:
         self._thread.join(timeout=5)
 
 
+class Sink(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
 class Writer(Protocol):
     def write(self, data: bytes, /) -> int: ...
     def finish(self) -> None: ...
 
 
 class _PlainWriter:
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: Sink) -> None:
         self._out = out
 
     def write(self, data: bytes, /) -> int:
@@ -239,7 +243,7 @@ class _PlainWriter:
 
 
 class _GzipWriter:
-    def __init__(self, out: BinaryIO, level: int) -> None:
+    def __init__(self, out: Sink, level: int) -> None:
         self._out = out
         self._c = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
 
@@ -254,7 +258,7 @@ class _GzipWriter:
 
 
 class _ZstdWriter:
-    def __init__(self, out: BinaryIO, level: int) -> None:
+    def __init__(self, out: Sink, level: int) -> None:
         import zstandard
 
         self._c = zstandard.ZstdCompressor(level=level).compressobj()
@@ -270,7 +274,7 @@ class _ZstdWriter:
         self._out.write(self._c.flush())
 
 
-def compressing(out: BinaryIO, compression: str) -> Writer:
+def compressing(out: Sink, compression: str) -> Writer:
     """A writer that compresses into ``out``; ``finish()`` flushes the last bytes."""
     if compression == NONE:
         return _PlainWriter(out)
