@@ -26,6 +26,15 @@ and aborts ingests untouched for ``ingest_age`` that no lease holds.
 A gc must not run while a pull is between fetching and recording: pull and
 unpack hold ``gc_lock(root, shared=True)`` and ``collect`` takes the same
 lock exclusively, so it waits for them (and they for it).
+
+API summary::
+
+    with gc_lock(root, shared=True):            # around a pull: fetch, record, unpack
+        ...
+    report = collect(content, images, {"overlayfs": snapshotter}, leases,
+                     dry_run=False, ingest_age=timedelta(hours=24),
+                     extra_roots=[Resource("snapshots/overlayfs", key)])
+    report.blobs, report.bytes, report.snapshots, report.ingests, report.leases
 """
 
 from __future__ import annotations
