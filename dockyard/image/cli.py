@@ -170,6 +170,41 @@ def cmd_unpack(s: Stores, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(s: Stores, a: argparse.Namespace) -> int:
+    from dockyard.image.transfer import import_archive
+
+    for img in import_archive(s.content, s.images, s.namespace, a.src, a.name):
+        print(f"{img.name} {img.target.digest}")
+    return 0
+
+
+def cmd_export(s: Stores, a: argparse.Namespace) -> int:
+    from dockyard.image.transfer import export_docker_archive, export_oci
+
+    export = export_oci if a.format == "oci" else export_docker_archive
+    export(s.content, s.images, s.namespace, a.refs, a.out)
+    return 0
+
+
+def cmd_push(s: Stores, a: argparse.Namespace) -> int:
+    from dockyard.image.push import push
+
+    def report(digest: str, state: str) -> None:
+        sys.stderr.write(f"{digest.split(':', 1)[-1][:12]}: {state}\n")
+
+    res = push(
+        a.ref,
+        s.content,
+        s.images,
+        s.namespace,
+        insecure=a.insecure,
+        ca_file=a.ca_file,
+        progress=report,
+    )
+    print(f"{res.name} {res.digest}")
+    return 0
+
+
 def cmd_gc(s: Stores, a: argparse.Namespace) -> int:
     from dockyard.image.gc import collect
     from dockyard.image.leases import LeaseStore
@@ -236,6 +271,23 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("ref")
     up.add_argument("dir")
     up.set_defaults(fn=cmd_unpack)
+
+    im = sub.add_parser("import", help="import an OCI layout or docker-archive (dir or tar)")
+    im.add_argument("src", metavar="FILE|DIR")
+    im.add_argument("--name", help="name the image (else the archive's names are used)")
+    im.set_defaults(fn=cmd_import)
+
+    ex = sub.add_parser("export", help="write images as an OCI layout or docker-archive")
+    ex.add_argument("--format", choices=["oci", "docker-archive"], default="oci")
+    ex.add_argument("out", help="a new directory, or a tar file (ending in .tar)")
+    ex.add_argument("refs", nargs="+", metavar="REF")
+    ex.set_defaults(fn=cmd_export)
+
+    ps = sub.add_parser("push", help="push an image to the registry its name says")
+    ps.add_argument("ref")
+    ps.add_argument("--insecure", action="store_true", help="allow plain http / any certificate")
+    ps.add_argument("--ca-file", help="a CA bundle for the registry's certificate")
+    ps.set_defaults(fn=cmd_push)
 
     gc = sub.add_parser("gc", help="remove blobs and snapshots no image or lease refers to")
     gc.add_argument("--dry-run", action="store_true", help="only print what would be removed")

@@ -17,6 +17,7 @@ from dockyard.errors import AlreadyExists, InvalidArgument
 from dockyard.image import reference
 from dockyard.image.content import ContentStore, Writer
 from dockyard.image.images import Image, ImageStore
+from dockyard.image.push import add_source
 from dockyard.image.registry import BlobFetch, Registry
 from dockyard.image.snapshots import Snapshotter
 from dockyard.image.unpack import unpack
@@ -130,6 +131,11 @@ def pull(
     finally:
         if registry is None:
             reg.close()
+    # where each blob came from, so that a push to this registry can mount it
+    for d in {target.digest, manifest_desc.digest, manifest.config.digest}.union(
+        layer.digest for layer in manifest.layers
+    ):
+        add_source(content, d, ref.domain, ref.path)
     image = images.put(namespace, Image(str(ref), target))
     chain = ""
     if snapshotter is not None:
