@@ -39,6 +39,7 @@ import io
 import json
 import os
 import posixpath
+import shutil
 import stat
 import tarfile
 import tempfile
@@ -95,6 +96,7 @@ class _Out:
         self._names: set[str] = set()
         self._tar: tarfile.TarFile | None = None
         self._tmp = ""
+        self._made_dir = False
         if self.is_tar:
             parent = os.path.dirname(os.path.abspath(dest))
             fd, self._tmp = tempfile.mkstemp(prefix=".export-", dir=parent)
@@ -103,6 +105,7 @@ class _Out:
         else:
             if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
                 raise InvalidArgument(f"export to {dest}: exists and is not an empty directory")
+            self._made_dir = not os.path.exists(dest)
             os.makedirs(dest, exist_ok=True)
 
     def _dirs(self, name: str) -> None:
@@ -158,6 +161,8 @@ class _Out:
         if self._tmp:
             with contextlib.suppress(OSError):
                 os.unlink(self._tmp)
+        elif self._made_dir:  # a half-written layout is no layout
+            shutil.rmtree(self.dest, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -440,3 +440,16 @@ def test_bad_docker_archive_is_refused(store: Store, busybox: ImageArchive, tmp_
     with pytest.raises(InvalidArgument, match="diff ID"):
         store.import_(src)
     assert store.empty()
+
+
+@pytest.mark.parametrize("out_name", ["out.tar", "out"])
+def test_export_of_an_incomplete_image_fails_and_leaves_nothing(
+    store: Store, busybox: ImageArchive, tmp_path: Path, out_name: str
+) -> None:
+    store.import_(busybox.path)
+    store.content.delete(busybox.layer_digest)
+    out = tmp_path / out_name
+    with pytest.raises(DockyardError, match=busybox.layer_digest):
+        export_oci(store.content, store.images, NS, [busybox.ref], str(out))
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export-")]
