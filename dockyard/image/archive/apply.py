@@ -407,6 +407,7 @@ class _Applier:
 
     def finish_dirs(self) -> None:
         for name, ns in reversed(self.dir_times):
+            self.root.trim()
             parent, base = split(name)
             pfd = self.root.dir(parent)
             if pfd is None:
@@ -448,6 +449,8 @@ def apply_layer(
         applier.run()
         if found == _comp.ZSTD and applier.end_without_marker:
             raise InvalidArgument("layer zstd stream is truncated: no tar end-of-archive marker")
+    except OSError as e:
+        raise SystemFailure(f"apply layer onto {root}: {e}")
     finally:
         if pipe is not None:
             pipe.close()
