@@ -77,20 +77,24 @@ def _progress_printer() -> Any:
 
 
 def cmd_pull(s: Stores, a: argparse.Namespace) -> int:
+    from dockyard.image.gc import gc_lock
     from dockyard.image.pull import pull
 
     snaps = s.snapshotter(a.snapshotter) if not a.no_unpack else None
     try:
-        res = pull(
-            a.ref,
-            content=s.content,
-            images=s.images,
-            namespace=s.namespace,
-            snapshotter=snaps,
-            insecure=a.insecure,
-            ca_file=a.ca_file,
-            progress=_progress_printer(),
-        )
+        # shared with other pulls, exclusive of a gc: what a pull fetched is
+        # not referenced by an image record until its end
+        with gc_lock(s.root, shared=True):
+            res = pull(
+                a.ref,
+                content=s.content,
+                images=s.images,
+                namespace=s.namespace,
+                snapshotter=snaps,
+                insecure=a.insecure,
+                ca_file=a.ca_file,
+                progress=_progress_printer(),
+            )
     finally:
         if snaps is not None:
             snaps.close()
@@ -171,9 +175,12 @@ def cmd_unpack(s: Stores, a: argparse.Namespace) -> int:
 
 
 def cmd_import(s: Stores, a: argparse.Namespace) -> int:
+    from dockyard.image.gc import gc_lock
     from dockyard.image.transfer import import_archive
 
-    for img in import_archive(s.content, s.images, s.namespace, a.src, a.name):
+    with gc_lock(s.root, shared=True):
+        imported = import_archive(s.content, s.images, s.namespace, a.src, a.name)
+    for img in imported:
         print(f"{img.name} {img.target.digest}")
     return 0
 
