@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -403,6 +402,11 @@ def test_hardlinks_within_the_layer_and_to_the_layers_below(tmp_path: Path) -> N
         apply(tmp_path, tar([link("x", "missing")]))
 
 
-def test_zlib_is_what_decodes_gzip() -> None:
-    # the pure-Python gzip module must not be on the hot path
-    assert zlib.decompressobj(31)
+def test_the_library_pulls_in_no_daemon_or_grpc_code() -> None:
+    code = (
+        "import sys, dockyard.image.archive as a\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('grpc', 'google')"
+        " or m.startswith(('dockyard.supervisor', 'dockyard.engine', 'dockyard.shim'))]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
