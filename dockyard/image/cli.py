@@ -12,7 +12,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+import threading
+from typing import Any, TextIO
 
 from dockyard.errors import DockyardError, InvalidArgument
 from dockyard.image import reference
@@ -56,24 +57,44 @@ class Stores:
         return self.images.get(self.namespace, str(reference.parse(name)))
 
 
-def _progress_printer() -> Any:
-    tty = sys.stderr.isatty()
-    seen: dict[str, int] = {}
+class Progress:
+    """Per-layer progress: bars redrawn in place on a terminal, one line per layer else.
 
-    def report(digest: str, done: int, total: int) -> None:
+    Called from the download threads; one lock keeps the redraws whole.
+    """
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO, tty: bool | None = None) -> None:
+        self.stream = stream
+        self.tty = stream.isatty() if tty is None else tty
+        self.rows: dict[str, tuple[int, int]] = {}
+        self.drawn = 0
+        self.finished: set[str] = set()
+        self.lock = threading.Lock()
+
+    def line(self, digest: str, done: int, total: int) -> str:
         short = digest.split(":", 1)[-1][:12]
-        if tty:
-            width = 30
-            filled = width * done // total if total else width
-            bar = "#" * filled + "." * (width - filled)
-            sys.stderr.write(f"\r{short} [{bar}] {done >> 10}/{total >> 10} KiB")
-            if done >= total:
-                sys.stderr.write("\n")
-        elif done >= total and seen.get(digest) != total:
-            seen[digest] = total
-            sys.stderr.write(f"{short}: fetched {total} bytes\n")
+        filled = self.WIDTH * done // total if total else self.WIDTH
+        bar = "=" * filled + " " * (self.WIDTH - filled)
+        state = "done" if total and done >= total else f"{done >> 20}/{total >> 20} MiB"
+        return f"{short} [{bar}] {state}"
 
-    return report
+    def __call__(self, digest: str, done: int, total: int) -> None:
+        with self.lock:
+            if not self.tty:
+                if total and done >= total and digest not in self.finished:
+                    self.finished.add(digest)
+                    self.stream.write(f"{digest}: fetched {total} bytes\n")
+                    self.stream.flush()
+                return
+            self.rows[digest] = (done, total)
+            out = [f"\x1b[{self.drawn}F"] if self.drawn else []
+            for d, (n, t) in self.rows.items():
+                out.append("\x1b[2K" + self.line(d, n, t) + "\n")
+            self.drawn = len(self.rows)
+            self.stream.write("".join(out))
+            self.stream.flush()
 
 
 def cmd_pull(s: Stores, a: argparse.Namespace) -> int:
@@ -93,7 +114,7 @@ def cmd_pull(s: Stores, a: argparse.Namespace) -> int:
                 snapshotter=snaps,
                 insecure=a.insecure,
                 ca_file=a.ca_file,
-                progress=_progress_printer(),
+                progress=Progress(sys.stderr),
             )
     finally:
         if snaps is not None:
