@@ -127,7 +127,14 @@ def pull(
         if media_type not in MANIFEST_TYPES:
             raise InvalidArgument(f"pull {name}: unsupported manifest media type {media_type!r}")
         manifest = parse_manifest(data, media_type)
-        fetch_blobs(reg, content, ref.path, [manifest.config, *manifest.layers], progress)
+        chain = ""
+        if snapshotter is None:
+            fetch_blobs(reg, content, ref.path, [manifest.config, *manifest.layers], progress)
+        else:
+            fetch_blobs(reg, content, ref.path, [manifest.config], progress)
+            chain = _fetch_and_unpack(
+                reg, content, snapshotter, ref.path, manifest, namespace, progress
+            )
     finally:
         if registry is None:
             reg.close()
@@ -137,7 +144,45 @@ def pull(
     ):
         add_source(content, d, ref.domain, ref.path)
     image = images.put(namespace, Image(str(ref), target))
-    chain = ""
-    if snapshotter is not None:
-        chain = unpack(content, snapshotter, manifest, key_prefix=f"{namespace}/")
     return PullResult(image, manifest, manifest_desc.digest, chain)
+
+
+def _fetch_and_unpack(
+    reg: Registry,
+    content: ContentStore,
+    snapshotter: Snapshotter,
+    repo: str,
+    manifest: Manifest,
+    namespace: str,
+    progress: BlobProgress | None,
+) -> str:
+    """Fetch the layers ``reg.parallel`` at a time while unpacking them in order.
+
+    Layer n is applied as soon as its blob is committed, while later layers
+    are still downloading: the pull takes about max(fetch, unpack), not the sum.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    def fetch(d: Descriptor) -> None:
+        fetch_blobs(reg, content, repo, [d], progress)
+
+    with ThreadPoolExecutor(max_workers=reg.parallel, thread_name_prefix="layer") as pool:
+        futures: dict[str, Future[None]] = {}
+        for d in manifest.layers:
+            if d.digest not in futures and not content.exists(d.digest):
+                futures[d.digest] = pool.submit(fetch, d)
+
+        def wait(layer: Descriptor) -> None:
+            f = futures.get(layer.digest)
+            if f is not None:
+                f.result()
+
+        try:
+            chain = unpack(content, snapshotter, manifest, key_prefix=f"{namespace}/", wait=wait)
+            for f in futures.values():  # layers whose snapshots already existed
+                f.result()
+        except BaseException:
+            for f in futures.values():
+                f.cancel()
+            raise
+    return chain

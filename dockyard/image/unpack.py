@@ -22,6 +22,7 @@ from dockyard.image.content import ContentStore
 from dockyard.image.snapshots import Snapshotter
 from dockyard.spec.image import (
     MAX_CONFIG_SIZE,
+    Descriptor,
     ImageConfig,
     Manifest,
     layer_compression,
@@ -73,11 +74,14 @@ def unpack(
     *,
     key_prefix: str = "",
     progress: Progress | None = None,
+    wait: Callable[[Descriptor], None] | None = None,
 ) -> str:
     """Make sure every layer of ``manifest`` is a committed snapshot; return the top chain ID.
 
     ``key_prefix`` namespaces the snapshot names (the supervisor passes the
-    namespace). Layers already unpacked are skipped.
+    namespace). Layers already unpacked are skipped. ``wait(layer)`` is
+    called before a layer is read: a pull that is still fetching blocks there
+    until that layer's blob is committed (unpacking while fetching).
     """
     config = image_config(store, manifest)
     diff_ids = list(config.rootfs.diff_ids)
@@ -98,6 +102,8 @@ def unpack(
             continue
         except NotFound:
             pass
+        if wait is not None:
+            wait(layer)
         if progress:
             progress(i, len(diff_ids), diff_id)
         key = f"{key_prefix}extract-{uuid.uuid4().hex}-{chain}"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from dockyard.errors import InvalidArgument
 from dockyard.image.content import ContentStore
 from dockyard.image.images import ImageStore
 from dockyard.image.pull import pull
@@ -16,7 +17,12 @@ from dockyard.image.snapshots import new
 from dockyard.image.unpack import unpack_to_dir
 from dockyard.spec.image import MediaType, parse_manifest
 from dockyard.spec.mount import mount_all, unmount_all
-from tests.image.registry_fixture import RegistryServer, plain_registry  # noqa: F401
+from tests.image.registry_fixture import (  # noqa: F401 -- fixtures
+    FaultProxy,
+    RegistryServer,
+    fault_proxy,
+    plain_registry,
+)
 from tests.image.test_unpack import build_image, check_rootfs
 
 
@@ -111,4 +117,34 @@ def test_pull_of_a_missing_tag_is_a_clear_error(
             else True
         )
     finally:
+        images.close()
+
+
+def test_a_corrupt_layer_fails_the_pull_and_leaves_no_snapshot(
+    plain_registry: RegistryServer,  # noqa: F811
+    fault_proxy: FaultProxy,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Layers unpack while later ones download: a corrupt one stops it all cleanly."""
+    push_image(plain_registry, tmp_path, "test/corrupt", "v1")
+    src = ContentStore(str(tmp_path / "src3"))
+    manifest = parse_manifest(build_image(src))
+    fault_proxy.corrupt.add(manifest.layers[1].digest)
+    content = ContentStore(str(tmp_path / "content"))
+    images = ImageStore(str(tmp_path / "metadata.db"))
+    snaps = new("overlayfs", str(tmp_path / "snapshots"))
+    try:
+        with pytest.raises(InvalidArgument):
+            pull(
+                f"127.0.0.1:{fault_proxy.port}/test/corrupt:v1",
+                content=content,
+                images=images,
+                snapshotter=snaps,
+            )
+        assert not content.exists(manifest.layers[1].digest)
+        assert images.list("default") == []
+        kinds = [i.kind for i in snaps.walk()]
+        assert "active" not in kinds, kinds  # no half-made extract snapshot
+    finally:
+        snaps.close()
         images.close()
