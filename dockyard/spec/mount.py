@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dockyard.runtime import libc
+from dockyard.runtime.rootfs import MOUNT_FLAGS, PROPAGATION
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLONE_FS = 0x00000200
@@ -49,44 +50,9 @@ class Mount:
         return _split_options(self.options)[0] & libc.MS_RDONLY != 0
 
 
-# option -> (clear, flag), as mount(8) understands them
-_FLAGS: dict[str, tuple[bool, int]] = {
-    "async": (True, libc.MS_SYNCHRONOUS),
-    "atime": (True, libc.MS_NOATIME),
-    "bind": (False, libc.MS_BIND),
-    "defaults": (False, 0),
-    "dev": (True, libc.MS_NODEV),
-    "diratime": (True, libc.MS_NODIRATIME),
-    "dirsync": (False, libc.MS_DIRSYNC),
-    "exec": (True, libc.MS_NOEXEC),
-    "mand": (False, libc.MS_MANDLOCK),
-    "noatime": (False, libc.MS_NOATIME),
-    "nodev": (False, libc.MS_NODEV),
-    "nodiratime": (False, libc.MS_NODIRATIME),
-    "noexec": (False, libc.MS_NOEXEC),
-    "nomand": (True, libc.MS_MANDLOCK),
-    "norelatime": (True, libc.MS_RELATIME),
-    "nostrictatime": (True, libc.MS_STRICTATIME),
-    "nosuid": (False, libc.MS_NOSUID),
-    "rbind": (False, libc.MS_BIND | libc.MS_REC),
-    "relatime": (False, libc.MS_RELATIME),
-    "ro": (False, libc.MS_RDONLY),
-    "rw": (True, libc.MS_RDONLY),
-    "strictatime": (False, libc.MS_STRICTATIME),
-    "suid": (True, libc.MS_NOSUID),
-    "sync": (False, libc.MS_SYNCHRONOUS),
-}
-
-_PROPAGATION: dict[str, int] = {
-    "private": libc.MS_PRIVATE,
-    "rprivate": libc.MS_PRIVATE | libc.MS_REC,
-    "shared": libc.MS_SHARED,
-    "rshared": libc.MS_SHARED | libc.MS_REC,
-    "slave": libc.MS_SLAVE,
-    "rslave": libc.MS_SLAVE | libc.MS_REC,
-    "unbindable": libc.MS_UNBINDABLE,
-    "runbindable": libc.MS_UNBINDABLE | libc.MS_REC,
-}
+# option -> flags: one table for the runtime's config.json mounts and these
+_FLAGS = MOUNT_FLAGS
+_PROPAGATION = PROPAGATION
 
 
 def _split_options(options: Iterable[str]) -> tuple[int, int, list[str]]:
