@@ -15,6 +15,7 @@ import posixpath
 import shutil
 import stat
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from dockyard.errors import InvalidArgument
 from dockyard.runtime import libc
@@ -42,6 +43,22 @@ def clean(name: str, what: str = "entry") -> str:
     return "/".join(parts)
 
 
+class DirInfo(NamedTuple):
+    dev: int
+    ino: int
+    mode: int
+    gid: int
+    default_acl: bool  # new entries take their mode from it, not the umask
+
+
+def _has_default_acl(fd: int) -> bool:
+    try:
+        os.getxattr(proc_path(fd), "system.posix_acl_default")
+    except OSError as e:
+        return e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
+    return True
+
+
 class Root:
     """An open root directory and a small cache of parent directory descriptors."""
 
@@ -49,6 +66,7 @@ class Root:
         self.path = path
         self.fd = os.open(path, _DIR_PATH)
         self._dirs: dict[str, int] = {}
+        self._info: dict[int, DirInfo] = {}  # by descriptor: root's or _dirs'
         self._parents = parents
         # directories made implicitly, with the mtime to give them at the end
         self._made: list[tuple[str, int]] = []
@@ -67,6 +85,22 @@ class Root:
         for fd in self._dirs.values():
             os.close(fd)
         self._dirs.clear()
+        self._info.clear()
+
+    def changed(self) -> None:
+        """Drop cached directory facts: call after changing a directory's
+        owner, mode or xattrs."""
+        self._info.clear()
+
+    def info(self, fd: int) -> DirInfo:
+        """Identity, mode, group and default-ACL presence of a directory
+        descriptor from ``dir`` (cached until ``forget`` or ``changed``)."""
+        got = self._info.get(fd)
+        if got is None:
+            st = os.fstat(fd)
+            got = DirInfo(st.st_dev, st.st_ino, st.st_mode, st.st_gid, _has_default_acl(fd))
+            self._info[fd] = got
+        return got
 
     def _open(self, rel: str, flags: int = _DIR_PATH) -> int:
         return libc.openat2(self.fd, rel, flags, 0, _RESOLVE)
@@ -172,8 +206,8 @@ class Root:
 
     def key(self, parent_fd: int, name: str) -> tuple[int, int, str]:
         """A name for an entry that does not depend on the path used to reach it."""
-        st = os.fstat(parent_fd)
-        return (st.st_dev, st.st_ino, name)
+        info = self.info(parent_fd)
+        return (info.dev, info.ino, name)
 
 
 def split(rel: str) -> tuple[str, str]:
