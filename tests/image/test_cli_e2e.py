@@ -150,3 +150,103 @@ def test_tag_rm_and_bad_names(pushed: str, tmp_path: Path) -> None:
         timeout=60,
     )
     assert p.returncode != 0 and "dockyard-image:" in p.stderr
+
+
+def _skopeo_push_layout(layout: Path, tag: str, ref: str) -> None:
+    subprocess.run(
+        ["skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:{tag}", f"docker://{ref}"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def pushed_layers(plain_registry: RegistryServer, tmp_path: Path) -> str:  # noqa: F811
+    """The two-layer image with a deleted file and an opaque directory, pushed by skopeo."""
+    if not shutil.which("skopeo"):
+        pytest.skip("skopeo is not installed")
+    from dockyard.image.content import ContentStore
+    from dockyard.image.images import Image, ImageStore
+    from dockyard.image.transfer import export_oci
+    from dockyard.spec.image import Descriptor, MediaType, digest_of
+    from tests.image.test_unpack import build_image
+
+    content = ContentStore(str(tmp_path / "build"))
+    manifest = build_image(content)
+    images = ImageStore(str(tmp_path / "build.db"))
+    target = Descriptor(MediaType.OCI_MANIFEST, digest_of(manifest), len(manifest))
+    images.put("default", Image("example.com/layers:v1", target))
+    layout = tmp_path / "layout"
+    export_oci(content, images, "default", ["example.com/layers:v1"], str(layout))
+    images.close()
+    ref = f"{plain_registry.host}/dockyard/layers:e2e"
+    _skopeo_push_layout(layout, "v1", ref)
+    return ref
+
+
+def test_multi_layer_whiteouts_equal_umoci(pushed_layers: str, tmp_path: Path) -> None:
+    """Deletions and an opaque directory across layers: our rootfs equals umoci's."""
+    if not shutil.which("umoci"):
+        pytest.skip("umoci is not installed")
+    root = tmp_path / "store"
+    tool(root, "pull", "--no-unpack", pushed_layers)
+    ours = tmp_path / "ours"
+    tool(root, "unpack", pushed_layers, str(ours))
+    layout = tmp_path / "ref-layout"
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--src-tls-verify=false",
+            f"docker://{pushed_layers}",
+            f"oci:{layout}:x",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    ref_bundle = tmp_path / "umoci-bundle"
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{layout}:x", str(ref_bundle)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert tree(ours) == tree(ref_bundle / "rootfs")
+    assert not (ours / "etc" / "gone").exists()
+    assert sorted(os.listdir(ours / "data")) == ["new"]
+
+
+def test_pull_killed_at_any_point_then_completes(pushed: str, tmp_path: Path) -> None:
+    """SIGKILL a pull at many moments: no corrupt blob is committed, the next pull completes."""
+    import signal
+    import time
+
+    root = tmp_path / "store"
+    midway = 0  # kills that left work done but the pull unfinished
+    for delay in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8):
+        p = subprocess.Popen(
+            [*IMAGE_TOOL, "--root", str(root), "pull", pushed],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
+        blobs = root / "content" / "blobs" / "sha256"
+        for blob in blobs.iterdir() if blobs.exists() else []:
+            assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name, blob
+        ingests = root / "content" / "ingest"
+        started = any(blobs.iterdir()) if blobs.exists() else False
+        started = started or (ingests.exists() and any(ingests.iterdir()))
+        listed = json.loads(tool(root, "ls", "--format", "json").stdout)
+        if started and not listed:
+            midway += 1
+    assert midway, "no kill landed in the middle of a pull: the test proved nothing"
+    tool(root, "pull", pushed)
+    tool(root, "gc")
+    bundle = tmp_path / "rootfs"
+    tool(root, "unpack", pushed, str(bundle))
+    assert (bundle / "bin" / "busybox").exists()
