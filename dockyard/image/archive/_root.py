@@ -27,9 +27,13 @@ _DIR_PATH = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 def clean(name: str, what: str = "entry") -> str:
     """A tar member name as a path relative to the root ("" is the root itself).
 
-    A leading ``/`` and ``.`` components are dropped and inner ``..`` folded, as
-    containerd does; a name whose ``..`` climbs above the root is refused.
+    ``.`` components are dropped and inner ``..`` folded, as containerd does;
+    a name whose ``..`` climbs above the root is refused, and so is an
+    absolute entry name (bad input: layers hold paths relative to the root).
+    An absolute hardlink target is taken relative to the root.
     """
+    if what == "entry" and name.startswith("/"):
+        raise InvalidArgument(f"layer {what} {name!r}: absolute path")
     parts: list[str] = []
     for part in name.split("/"):
         if part in ("", "."):
