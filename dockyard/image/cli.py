@@ -115,6 +115,7 @@ def cmd_pull(s: Stores, a: argparse.Namespace) -> int:
                 insecure=a.insecure,
                 ca_file=a.ca_file,
                 progress=Progress(sys.stderr),
+                parallel=a.parallel,
             )
     finally:
         if snaps is not None:
@@ -276,6 +277,9 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--no-unpack", action="store_true", help="fetch only")
     pl.add_argument("--insecure", action="store_true", help="allow plain http / any certificate")
     pl.add_argument("--ca-file", help="a CA bundle for the registry's certificate")
+    pl.add_argument(
+        "--parallel", type=int, default=3, help="layers downloaded at once (%(default)s)"
+    )
     pl.set_defaults(fn=cmd_pull)
 
     ls = sub.add_parser("ls", help="list images")

@@ -108,9 +108,10 @@ def pull(
     insecure: bool = False,
     ca_file: str | None = None,
     progress: BlobProgress | None = None,
+    parallel: int = 3,
 ) -> PullResult:
     ref = reference.parse(name)
-    reg = registry or Registry(ref.domain, insecure=insecure, ca_file=ca_file)
+    reg = registry or Registry(ref.domain, insecure=insecure, ca_file=ca_file, parallel=parallel)
     try:
         resolved = reg.resolve(ref.path, ref.digest or ref.tag or "latest")
         target = Descriptor(

@@ -85,7 +85,7 @@ def pushed(plain_registry: RegistryServer, tmp_path: Path) -> str:  # noqa: F811
 
 def test_pull_unpack_equals_umoci_and_runs(pushed: str, tmp_path: Path) -> None:
     root = tmp_path / "store"
-    out = tool(root, "pull", "--no-unpack", pushed).stdout
+    out = tool(root, "pull", "--no-unpack", "--parallel", "2", pushed).stdout
     assert out.startswith(pushed)
     listed = json.loads(tool(root, "ls", "--format", "json").stdout)
     assert [i["name"] for i in listed] == [pushed]
