@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import errno
 import gzip
 import hashlib
 import io
@@ -34,7 +32,6 @@ import json
 import os
 import platform
 import random
-import re
 import shutil
 import signal
 import socket
@@ -50,11 +47,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the daemon helpers are shared with tests/compat
+
+from tests.compat.host import (  # noqa: E402
+    CONTAINERD_CONFIG,
+    pids_mentioning,
+    stop_process,
+    unmount_under,
+)
+
 REGISTRY_BIN = "/usr/bin/docker-registry"
 IMAGE_REPO, IMAGE_TAG = "bench/pull", "1"
 MTIME = 1_700_000_000  # fixed, so the layers do not change from run to run
 SEED = 20240601
-MNT_DETACH = 2
 FS_SIZE = 8 << 30  # the scratch filesystem (sparse); both sides' stores, one at a time
 FS_NOTE = {
     "ext4": "a fresh journaled ext4 (loop-mounted sparse file), roots removed after each pull",
@@ -66,36 +71,6 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 
-CONTAINERD_CONFIG = """\
-version = 2
-root = "{base}/root"
-state = "{base}/state"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing",
-]
-
-[grpc]
-  address = "{base}/containerd.sock"
-
-[ttrpc]
-  address = "{base}/containerd.sock.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{base}/opt"
-"""
-
 
 class StepFailed(Exception):
     pass
@@ -104,72 +79,12 @@ class StepFailed(Exception):
 # -- host helpers ------------------------------------------------------------------------
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def mounts_under(path: Path) -> list[str]:
-    """Mount points at or below ``path``, deepest first."""
-    prefix = str(path).rstrip("/")
-    found: set[str] = set()
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            # mountinfo escapes space, tab, newline and backslash as \\ooo
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4])
-            if point == prefix or point.startswith(prefix + "/"):
-                found.add(point)
-    return sorted(found, key=lambda p: p.count("/"), reverse=True)
-
-
-def unmount_under(path: Path) -> None:
-    for _ in range(5):
-        points = mounts_under(path)
-        if not points:
-            return
-        for point in points:
-            if _libc.umount2(point.encode(), MNT_DETACH) != 0:
-                err = ctypes.get_errno()
-                if err not in (errno.EINVAL, errno.ENOENT):
-                    raise OSError(err, f"unmount {point}: {os.strerror(err)}")
-    if mounts_under(path):
-        raise RuntimeError(f"mounts under {path} would not go: {mounts_under(path)}")
-
-
 def remove_tree(path: Path) -> None:
     """Remove ``path`` unless something is still mounted below it."""
     if not path.exists():
         return
     unmount_under(path)
     shutil.rmtree(path, ignore_errors=True)
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    """SIGTERM a child we started (by its pid), then SIGKILL if it is still there."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-
-def pids_mentioning(text: str) -> list[int]:
-    """Processes whose command line contains ``text`` (a private temp path of ours)."""
-    found: list[int] = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmd:
-            found.append(int(name))
-    return found
 
 
 def free_port() -> int:

@@ -39,6 +39,39 @@ COMMAND_TIMEOUT = 30.0
 TEARDOWN_TIMEOUT = 15.0
 
 
+# A private containerd: its own root, state and sockets under {base}; only what
+# ctr's run/exec/import/pull need: no CRI, no other snapshotters, no tracing.
+CONTAINERD_CONFIG = """\
+version = 2
+root = "{base}/root"
+state = "{base}/state"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+]
+
+[grpc]
+  address = "{base}/containerd.sock"
+
+[ttrpc]
+  address = "{base}/containerd.sock.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{base}/opt"
+"""
+
+
 def fail_if_hung(daemon: str, runtime: str) -> None:
     if (daemon, runtime) in HUNG:
         pytest.fail(f"{daemon} timed out earlier with {runtime}: not trying it again")

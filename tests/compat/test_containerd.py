@@ -20,37 +20,6 @@ import pytest
 from tests.compat import host
 from tests.images import ImageArchive, build_image_archive
 
-CONFIG = """\
-version = 2
-root = "{base}/root"
-state = "{base}/state"
-# Only what ctr's run/exec/import need: no CRI, no other snapshotters, no tracing.
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing",
-]
-
-[grpc]
-  address = "{base}/containerd.sock"
-
-[ttrpc]
-  address = "{base}/containerd.sock.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{base}/opt"
-"""
-
 
 @dataclass
 class Containerd:
@@ -97,7 +66,7 @@ class Containerd:
 
     def start(self) -> None:
         config = self.base / "config.toml"
-        config.write_text(CONFIG.format(base=self.base))
+        config.write_text(host.CONTAINERD_CONFIG.format(base=self.base))
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
                 ["containerd", "--config", str(config)],
