@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The dockyard demo, as root: set up the machine, build a small busybox OCI
-# bundle in a temp dir and run a container from it with dockyard-runtime, the
-# way containerd's shim or dockerd would run runc. Cleans up after itself.
+# image (from Debian's busybox-static), import and unpack it with
+# dockyard-image, and run a container from it with dockyard-runtime, the way
+# containerd's shim or dockerd would run runc. Cleans up after itself.
 #
 #   sudo bash scripts/demo.sh
 #   DOCKYARD_RUNTIME=runc sudo -E bash scripts/demo.sh   # the same with runc
@@ -16,7 +17,6 @@ ROOT=$(pwd)
 bash scripts/setup.sh
 
 RUNTIME=${DOCKYARD_RUNTIME:-$ROOT/.venv/bin/dockyard-runtime}
-BUSYBOX=$(command -v busybox || echo /bin/busybox)
 PY=$ROOT/.venv/bin/python
 
 WORK=$(mktemp -d /tmp/dockyard-demo.XXXXXX)
@@ -39,16 +39,24 @@ step() { printf '\n==> %s\n' "$*"; }
 step "runtime: $RUNTIME"
 "$RUNTIME" --version
 
-step "building a busybox bundle in $BUNDLE"
-mkdir -p "$BUNDLE/rootfs"/{bin,etc,tmp,root,proc,sys,dev}
-chmod 1777 "$BUNDLE/rootfs/tmp"
-cp "$BUSYBOX" "$BUNDLE/rootfs/bin/busybox"
-for applet in $("$BUSYBOX" --list); do
-    [ "$applet" = busybox ] || ln -s busybox "$BUNDLE/rootfs/bin/$applet"
-done
-echo 'root:x:0:0:root:/root:/bin/sh' > "$BUNDLE/rootfs/etc/passwd"
-echo 'root:x:0:' > "$BUNDLE/rootfs/etc/group"
-echo "rootfs: $(find "$BUNDLE/rootfs" | wc -l) entries, busybox $("$BUSYBOX" | head -1 | cut -d' ' -f2)"
+step "building a busybox OCI image from Debian's busybox-static (no internet needed)"
+"$PY" - "$WORK/busybox.tar" "$ROOT" <<'EOF'
+import sys
+from pathlib import Path
+
+sys.path.insert(0, sys.argv[2])
+from tests.images import build_image_archive
+
+archive = build_image_archive(Path(sys.argv[1]), "docker.io/library/busybox:demo")
+print(f"{archive.path.name}: {archive.path.stat().st_size} bytes, {archive.ref}")
+EOF
+
+step "dockyard-image: import it into a store, then unpack it as the bundle's rootfs"
+IMAGE_TOOL=$ROOT/.venv/bin/dockyard-image
+"$IMAGE_TOOL" --root "$WORK/images" import "$WORK/busybox.tar"
+"$IMAGE_TOOL" --root "$WORK/images" ls
+"$IMAGE_TOOL" --root "$WORK/images" unpack busybox:demo "$BUNDLE/rootfs"
+echo "rootfs: $(find "$BUNDLE/rootfs" | wc -l) entries"
 
 step "generating config.json with '$(basename "$RUNTIME") spec', made non-terminal"
 "$RUNTIME" spec --bundle "$BUNDLE"
