@@ -6,6 +6,8 @@ matches what runc prints for the same cgroup.
 
 from __future__ import annotations
 
+import os
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -58,3 +60,20 @@ def expand_list(text: str | None) -> list[int]:
         except ValueError:
             continue
     return out
+
+
+def hugetlb_sizes(d: str, limit_suffix: str) -> list[str]:
+    """The huge page sizes ("2MB", "1GB") a cgroup directory has limit files for.
+
+    ``limit_suffix`` is the limit file's ending: ``limit_in_bytes`` (v1) or
+    ``max`` (v2); the reserved-page variants (``hugetlb.2MB.rsvd.*``) are left out.
+    """
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return []
+    prefix, suffix = "hugetlb.", "." + limit_suffix
+    sizes = (
+        n[len(prefix) : -len(suffix)] for n in names if n.startswith(prefix) and n.endswith(suffix)
+    )
+    return sorted(s for s in sizes if "." not in s)

@@ -433,16 +433,7 @@ def _blkio(d: str) -> dict[str, Any]:
 
 def _hugetlb(d: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    try:
-        names = os.listdir(d)
-    except OSError:
-        return out
-    for name in sorted(names):
-        if not name.startswith("hugetlb.") or not name.endswith(".limit_in_bytes"):
-            continue
-        size = name[len("hugetlb.") : -len(".limit_in_bytes")]
-        if "." in size:
-            continue  # hugetlb.2MB.rsvd.limit_in_bytes
+    for size in S.hugetlb_sizes(d, "limit_in_bytes"):
         entry = S.nonzero(
             {
                 "usage": files.read_uint(d, f"hugetlb.{size}.usage_in_bytes"),

@@ -398,16 +398,7 @@ def _io(d: str) -> dict[str, Any]:
 
 def _hugetlb(d: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    try:
-        names = os.listdir(d)
-    except OSError:
-        return out
-    for name in sorted(names):
-        if not name.startswith("hugetlb.") or not name.endswith(".max"):
-            continue
-        size = name[len("hugetlb.") : -len(".max")]
-        if "." in size:
-            continue  # hugetlb.2MB.rsvd.max
+    for size in S.hugetlb_sizes(d, "max"):
         current = files.read_optional(d, f"hugetlb.{size}.rsvd.current")
         if current is None:
             current = files.read_optional(d, f"hugetlb.{size}.current")
