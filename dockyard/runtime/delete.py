@@ -8,8 +8,6 @@ import time
 from dockyard.errors import FailedPrecondition, NotFound
 from dockyard.runtime import state as st
 
-SIGKILL = 9  # not libc's: delete runs per container and need not load ctypes
-
 
 def destroy(s: st.ContainerState) -> None:
     """Kill what is left, remove the cgroup, run poststop hooks, drop the state."""
@@ -18,7 +16,7 @@ def destroy(s: st.ContainerState) -> None:
     if cg.exists():
         # without a private pid namespace, init's death does not end the rest
         if cg.pids():
-            cg.kill_all(SIGKILL)
+            cg.kill_all(st.SIGKILL)
             if cg.frozen():
                 cg.thaw()
         _wait(lambda: not cg.pids(), 10.0)
@@ -71,7 +69,7 @@ def delete(root: str, cid: str, force: bool = False) -> None:
         )
     if status != st.STOPPED and s.pid > 0:
         try:
-            os.kill(s.pid, SIGKILL)
+            os.kill(s.pid, st.SIGKILL)
         except ProcessLookupError:
             pass
         if status == st.PAUSED:

@@ -40,8 +40,6 @@ class ExecOptions:
         caps: list[str] | None = None,
         no_new_privs: bool = False,
         preserve_fds: int = 0,
-        apparmor: str | None = None,
-        process_label: str | None = None,
     ) -> None:
         self.process_file = process_file
         self.args = list() if args is None else args
@@ -56,8 +54,6 @@ class ExecOptions:
         self.caps = list() if caps is None else caps
         self.no_new_privs = no_new_privs
         self.preserve_fds = preserve_fds
-        self.apparmor = apparmor
-        self.process_label = process_label
 
 
 def build_process(cfg: dict[str, Any], opts: ExecOptions) -> dict[str, Any]:

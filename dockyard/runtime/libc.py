@@ -89,7 +89,6 @@ _SYSCALLS = {
         "keyctl": 250,
         "setns": 308,
         "close_range": 436,
-        "pidfd_send_signal": 424,
         "openat2": 437,
         "ioprio_set": 251,
         "sched_setattr": 314,
@@ -101,7 +100,6 @@ _SYSCALLS = {
         "keyctl": 219,
         "setns": 268,
         "close_range": 436,
-        "pidfd_send_signal": 424,
         "openat2": 437,
         "ioprio_set": 30,
         "sched_setattr": 274,
@@ -239,9 +237,6 @@ def join_session_keyring(name: str | None) -> None:
     )
 
 
-CLOSE_RANGE_CLOEXEC = 4
-
-
 def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
     _check(
         _libc.syscall(
@@ -279,15 +274,6 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) 
         ),
         f"open {path}",
         path,
-    )
-
-
-def pidfd_send_signal(pidfd: int, sig: int) -> None:
-    _check(
-        _libc.syscall(
-            SYS["pidfd_send_signal"], ctypes.c_int(pidfd), ctypes.c_int(sig), None, ctypes.c_uint(0)
-        ),
-        "pidfd_send_signal",
     )
 
 

@@ -16,10 +16,8 @@ def start(root: str, cid: str) -> None:
         raise FailedPrecondition(f"cannot start container {cid!r}: it is {status}, not created")
     if not s.config.get("process"):
         # runtime.md "start": an error; the init, which has nothing to run, ends
-        from dockyard.runtime.delete import SIGKILL
-
         try:
-            os.kill(s.pid, SIGKILL)
+            os.kill(s.pid, st.SIGKILL)
         except ProcessLookupError:
             pass
         raise FailedPrecondition(f"cannot start container {cid!r}: its config has no process")

@@ -25,6 +25,8 @@ DEFAULT_ROOT = "/run/dockyard-runtime"
 STATE_FILE = "state.json"
 EXEC_FIFO = "exec.fifo"
 MAX_ID_LENGTH = 1024
+# here, not from libc: start and delete run per container and need not load ctypes
+SIGKILL = 9
 
 CREATING = "creating"
 CREATED = "created"
