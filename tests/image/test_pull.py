@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from dockyard.errors import InvalidArgument
+from dockyard.errors import InvalidArgument, NotFound
 from dockyard.image.content import ContentStore
 from dockyard.image.images import ImageStore
 from dockyard.image.pull import pull
@@ -108,14 +107,11 @@ def test_pull_of_a_missing_tag_is_a_clear_error(
     content = ContentStore(str(tmp_path / "content"))
     images = ImageStore(str(tmp_path / "metadata.db"))
     try:
-        with pytest.raises(Exception, match="nope"):
+        with pytest.raises(NotFound, match="nope"):
             pull(f"{plain_registry.host}/test/nope:v9", content=content, images=images)
         assert images.list("default") == []
-        assert (
-            not os.listdir(tmp_path / "content" / "blobs" / "sha256")
-            if (tmp_path / "content" / "blobs" / "sha256").exists()
-            else True
-        )
+        assert list(content.walk()) == []
+        assert content.statuses() == []
     finally:
         images.close()
 
