@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 
 ENTRY_POINTS = {
     "dockyard-runtime": "dockyard.runtime.cli",
+    "containerd-shim-dockyard-v2": "dockyard.shim.main",
 }
 
 TEMPLATE = """#!{python} -IS
@@ -25,7 +27,7 @@ TEMPLATE = """#!{python} -IS
 import os
 import sys
 
-sys.path.insert(0, {path!r})
+sys.path[:0] = {paths!r}
 from {module} import main
 
 code = main()
@@ -40,12 +42,19 @@ os._exit(code)
 
 def write_launchers(bindir: str) -> list[str]:
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # Without site processing the interpreter knows no site-packages: the
+    # dependencies (protobuf for the shim) are found through these.
+    paths = [pkg_parent]
+    for key in ("purelib", "platlib"):
+        lib = sysconfig.get_paths()[key]
+        if lib not in paths:
+            paths.append(lib)
     written = []
     for name, module in ENTRY_POINTS.items():
         target = os.path.join(bindir, name)
         tmp = target + ".tmp"
         with open(tmp, "w") as f:
-            f.write(TEMPLATE.format(python=sys.executable, module=module, path=pkg_parent))
+            f.write(TEMPLATE.format(python=sys.executable, module=module, paths=paths))
         os.chmod(tmp, 0o755)
         os.replace(tmp, target)
         written.append(target)

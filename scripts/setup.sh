@@ -90,7 +90,7 @@ fi
 # The per-container commands (the runtime is started several times per
 # container) get launchers that skip site processing: dockyard.launcher.
 if [ -f dockyard/launcher.py ] \
-    && ! grep -qF "sys.path.insert(0, '$ROOT')" "$VENV/bin/dockyard-runtime" 2>/dev/null; then
+    && ! grep -qF "sys.path[:0] = ['$ROOT'" "$VENV/bin/containerd-shim-dockyard-v2" 2>/dev/null; then
     say "writing fast launchers into .venv/bin"
     "$VENV/bin/python" -m dockyard.launcher "$VENV/bin"
 fi
