@@ -1,0 +1,161 @@
+"""The event exchange: publish, forward and subscribe, with containerd's topics.
+
+Every envelope carries a timestamp, the namespace it happened in, a topic
+(``/tasks/exit``, ``/images/create``, ...) and the event itself as a
+protobuf ``Any`` with containerd's type URL. Subscribers pass containerd
+filters over ``topic``, ``namespace`` and ``event.<field>``; any one filter
+matching is enough (``docs`` of containerd's events service).
+
+Each subscriber has its own bounded queue: a slow subscriber loses its
+oldest events rather than holding up the publisher (tasks must not wait on
+a reader's terminal).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from dockyard.errors import InvalidArgument
+from dockyard.image.content import parse_filter
+
+# Topics are paths: a leading slash and at least one component (containerd's
+# events.validateTopic).
+MAX_QUEUE = 1024
+
+
+@dataclass
+class Envelope:
+    timestamp: datetime
+    namespace: str
+    topic: str
+    event: any_pb2.Any
+
+    def field(self, path: list[str]) -> str | None:
+        if path == ["topic"]:
+            return self.topic
+        if path == ["namespace"]:
+            return self.namespace
+        if path and path[0] == "event" and len(path) > 1:
+            return _event_field(self.event, path[1:])
+        return None
+
+
+def _event_field(event: any_pb2.Any, path: list[str]) -> str | None:
+    try:
+        from dockyard.api import typeurl
+    except ImportError:  # the API package is generated separately
+        return None
+    try:
+        msg = typeurl.unpack(event)
+    except Exception:
+        return None
+    value: object = msg
+    for name in path:
+        if isinstance(value, Message):
+            if name not in value.DESCRIPTOR.fields_by_name:
+                return None
+            value = getattr(value, name)
+        elif isinstance(value, dict) or hasattr(value, "get"):
+            try:
+                value = value[name]  # type: ignore[index]
+            except (KeyError, TypeError):
+                return None
+        else:
+            return None
+    if isinstance(value, Message):
+        return None
+    return str(value)
+
+
+def validate_topic(topic: str) -> str:
+    if not topic or not topic.startswith("/") or topic == "/":
+        raise InvalidArgument(f"event topic {topic!r}: must start with '/' and name something")
+    if any(part == "" for part in topic[1:].split("/")):
+        raise InvalidArgument(f"event topic {topic!r}: empty path component")
+    return topic
+
+
+Matcher = Callable[[Envelope], bool]
+
+
+def matcher(filters: Iterable[str]) -> Matcher:
+    parsed = [parse_filter(f) for f in filters if f]
+    if not parsed:
+        return lambda env: True
+    return lambda env: any(all(c.matches(env.field) for c in conds) for conds in parsed)
+
+
+@dataclass
+class _Subscriber:
+    match: Matcher
+    queue: collections.deque[Envelope] = field(
+        default_factory=lambda: collections.deque(maxlen=MAX_QUEUE)
+    )
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    closed: bool = False
+
+
+class Exchange:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: list[_Subscriber] = []
+
+    def publish(self, namespace: str, topic: str, event: Message | any_pb2.Any) -> Envelope:
+        """Publish ``event`` (a message, packed with its type URL, or an Any)."""
+        if isinstance(event, any_pb2.Any):
+            packed = event
+        else:
+            from dockyard.api import typeurl
+
+            packed = typeurl.pack(event)
+        env = Envelope(datetime.now(UTC), namespace, validate_topic(topic), packed)
+        self.forward(env)
+        return env
+
+    def forward(self, env: Envelope) -> None:
+        """Hand an envelope made elsewhere (a shim) to the subscribers as it is."""
+        validate_topic(env.topic)
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for sub in subscribers:
+            if sub.match(env):
+                with sub.cond:
+                    sub.queue.append(env)
+                    sub.cond.notify()
+
+    def subscribe(
+        self, filters: Iterable[str] = (), is_active: Callable[[], bool] = lambda: True
+    ) -> Iterator[Envelope]:
+        """Envelopes as they come, until ``is_active()`` turns false or ``close()``."""
+        sub = _Subscriber(matcher(filters))
+        with self._lock:
+            self._subscribers.append(sub)
+        try:
+            while True:
+                with sub.cond:
+                    while not sub.queue and not sub.closed and is_active():
+                        sub.cond.wait(timeout=1.0)
+                    if sub.closed or (not sub.queue and not is_active()):
+                        return
+                    env = sub.queue.popleft()
+                yield env
+        finally:
+            with self._lock:
+                if sub in self._subscribers:
+                    self._subscribers.remove(sub)
+
+    def close(self) -> None:
+        """End every subscription (the daemon is stopping)."""
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for sub in subscribers:
+            with sub.cond:
+                sub.closed = True
+                sub.cond.notify_all()

@@ -1,0 +1,128 @@
+"""What every gRPC service of the supervisor shares.
+
+- ``namespace(context)``: the namespace a request is for, from containerd's
+  ``containerd-namespace`` metadata (containerd's ``namespaces`` package).
+- ``@rpc``: maps dockyard's errors to gRPC status codes once, here, and turns
+  any other exception into INTERNAL with its message: a malformed request
+  never takes the daemon down.
+- timestamp conversions between ``datetime`` and protobuf's Timestamp.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import re
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from dockyard.errors import DockyardError, FailedPrecondition, InvalidArgument
+
+log = logging.getLogger("dockyard.supervisor")
+
+NAMESPACE_KEY = "containerd-namespace"
+# containerd's identifiers rule (identifiers.Validate): dot/dash/underscore
+# separated alphanumerics, at most 76 characters.
+_IDENTIFIER = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
+MAX_IDENTIFIER = 76
+
+
+def validate_identifier(kind: str, value: str) -> str:
+    """``value`` if it is a valid containerd identifier, else InvalidArgument naming ``kind``."""
+    if not value:
+        raise InvalidArgument(f"{kind}: identifier must not be empty")
+    if len(value) > MAX_IDENTIFIER:
+        raise InvalidArgument(
+            f"{kind} {value[:20]!r}...: identifier is longer than {MAX_IDENTIFIER} characters"
+        )
+    if not _IDENTIFIER.fullmatch(value):
+        raise InvalidArgument(
+            f"{kind} {value!r}: identifier must be letters and digits separated by '.', '_' or '-'"
+        )
+    return value
+
+
+def namespace_of(context: grpc.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == NAMESPACE_KEY:
+            return str(value)
+    return None
+
+
+def namespace(context: grpc.ServicerContext) -> str:
+    """The request's namespace; FAILED_PRECONDITION when missing, as containerd answers."""
+    ns = namespace_of(context)
+    if not ns:
+        raise FailedPrecondition("namespace is required")
+    return validate_identifier("namespace", ns)
+
+
+_CODES = {code.name: code for code in grpc.StatusCode}
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException, what: str) -> None:
+    if isinstance(exc, DockyardError):
+        context.abort(_CODES.get(exc.grpc_code, grpc.StatusCode.UNKNOWN), str(exc))
+    log.exception("%s failed", what)
+    context.abort(grpc.StatusCode.INTERNAL, f"{what}: {type(exc).__name__}: {exc}")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def rpc(fn: F) -> F:
+    """Wrap a servicer method (unary or response-streaming) with the error mapping."""
+    what = fn.__qualname__
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from fn(self, request, context)
+            except Exception as e:
+                # grpc's abort raises; only ours and unexpected errors get here
+                if _aborted(context):
+                    raise
+                _abort(context, e, what)
+
+        return stream  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(self, request, context)
+        except Exception as e:
+            if _aborted(context):
+                raise
+            _abort(context, e, what)
+
+    return unary  # type: ignore[return-value]
+
+
+def _aborted(context: grpc.ServicerContext) -> bool:
+    # ServicerContext.abort raises a plain Exception after setting the code:
+    # a handler that aborted itself must not be turned into INTERNAL.
+    code = context.code()
+    return code is not None and code != grpc.StatusCode.OK
+
+
+def to_timestamp(t: datetime | None) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    if t is not None:
+        ts.FromDatetime(t.astimezone(UTC))
+    return ts
+
+
+def from_timestamp(ts: timestamp_pb2.Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def now_timestamp() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts

@@ -1,0 +1,77 @@
+"""``dockyard-supervisor``: the command that runs the daemon.
+
+    dockyard-supervisor [--config FILE] [--root DIR] [--state DIR]
+                        [--address SOCKET] [--snapshotter NAME]
+                        [--default-runtime NAME] [--log-level LEVEL]
+
+Flags override the config file; the file overrides the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from dockyard.errors import DockyardError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dockyard-supervisor",
+        description="containerd-compatible gRPC supervisor of dockyard",
+    )
+    p.add_argument("--config", "-c", help="TOML config file")
+    p.add_argument("--root", help="persistent state (default /var/lib/dockyard)")
+    p.add_argument("--state", help="runtime state (default /run/dockyard)")
+    p.add_argument("--address", "-a", help="gRPC socket (default /run/dockyard/supervisor.sock)")
+    p.add_argument("--snapshotter", help="default snapshotter (overlayfs, native)")
+    p.add_argument("--default-runtime", help="default runtime (shim) name")
+    p.add_argument("--log-level", "-l", default="info", help="debug, info, warning, error")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from dockyard.supervisor.config import load
+    from dockyard.supervisor.daemon import Supervisor
+
+    try:
+        config = load(args.config)
+        for flag, attr in (
+            ("root", "root"),
+            ("state", "state"),
+            ("address", "address"),
+            ("snapshotter", "snapshotter"),
+            ("default_runtime", "default_runtime"),
+        ):
+            value = getattr(args, flag)
+            if value:
+                setattr(config, attr, value)
+        if args.address and not (args.config and _file_sets_ttrpc(args.config)):
+            config.ttrpc_address = ""
+        config.finish()
+        sup = Supervisor(config)
+        sup.install_signal_handlers()
+        sup.start()
+    except DockyardError as e:
+        sys.stderr.write(f"dockyard-supervisor: {e}\n")
+        return 1
+    sup.wait()
+    return 0
+
+
+def _file_sets_ttrpc(path: str) -> bool:
+    import tomllib
+
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    return bool(data.get("ttrpc", {}).get("address"))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
