@@ -31,10 +31,10 @@ for proto in "${protos[@]}"; do
     fi
 done
 
-# Every directory on the way to a generated module is a package.
+# Every directory from dockyard/api down to a generated module is a package.
 for proto in "${protos[@]}"; do
     dir=$(dirname "$proto")
-    while [ "$dir" != "." ]; do
+    while [ "$dir" != "dockyard" ] && [ "$dir" != "." ]; do
         [ -e "$OUT/$dir/__init__.py" ] || : > "$OUT/$dir/__init__.py"
         dir=$(dirname "$dir")
     done
