@@ -51,10 +51,7 @@ Semantics, with containerd's where it has them:
   only ever made by ``rename(2)`` of a complete, verified, fsynced file.
 - Writes are streamed: nothing holds a whole blob in memory.
 
-Filters (``walk``, ``statuses``) follow containerd's syntax: ``field==value``,
-``field!=value``, ``field~=regexp`` or a bare ``field`` (present), field
-paths with ``.`` and double-quoted parts (``labels."a.b/c"``); ``,`` joins
-conditions (all must hold), several filter strings are alternatives (any).
+Filters (``walk``, ``statuses``) are containerd's (``dockyard.filters``).
 Fields: ``digest``, ``size``, ``labels.<key>`` for blobs; ``ref``,
 ``expected``, ``total``, ``offset`` for ingests.
 """
@@ -68,10 +65,9 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -84,6 +80,8 @@ from dockyard.errors import (
     NotFound,
     SystemFailure,
 )
+from dockyard.filters import Getter, map_field, matcher
+from dockyard.filters import parse_filter as parse_filter  # callers import it from here
 from dockyard.spec.image import DIGEST_ALGORITHMS, Digester, parse_digest
 
 CHUNK = 1 << 20
@@ -186,124 +184,23 @@ def validate_labels(labels: Mapping[str, str]) -> None:
 
 
 # ---------------------------------------------------------------------------
-# filters (containerd's filters package, the subset the content service uses)
-
-_FILTER_TOKEN = re.compile(
-    r'\s*(?:(?P<quoted>"(?:[^"\\]|\\.)*")|(?P<op>==|!=|~=)|(?P<punct>[.,])'
-    r"|(?P<bare>[^\s.,=!~\"]+(?:[=!~](?![=])[^\s.,=!~\"]*)*))"
-)
-
-Getter = Callable[[list[str]], str | None]
+# the fields filters see (the syntax is dockyard.filters')
 
 
-@dataclass(frozen=True)
-class _Condition:
-    path: tuple[str, ...]
-    op: str  # "", "==", "!=", "~="
-    value: str
-    regex: re.Pattern[str] | None
-
-    def matches(self, get: Getter) -> bool:
-        have = get(list(self.path))
-        if self.op == "":
-            return have is not None
-        if self.op == "==":
-            return have == self.value
-        if self.op == "!=":
-            return have != self.value
-        assert self.regex is not None
-        return have is not None and self.regex.search(have) is not None
-
-
-def _unquote(token: str) -> str:
-    try:
-        value = json.loads(token)
-    except ValueError:
-        raise InvalidArgument(f"filter: bad quoted string {token}") from None
-    assert isinstance(value, str)
-    return value
-
-
-def parse_filter(text: str) -> list[_Condition]:
-    """One filter string: conditions joined by ``,`` (all must hold)."""
-    conditions: list[_Condition] = []
-    pos = 0
-    tokens: list[tuple[str, str]] = []
-    stripped = text.strip()
-    if not stripped:
-        raise InvalidArgument("filter: empty")
-    while pos < len(text):
-        if text[pos:].strip() == "":
-            break
-        m = _FILTER_TOKEN.match(text, pos)
-        if not m or m.end() == pos:
-            raise InvalidArgument(f"filter {text!r}: unexpected input at {pos}")
-        kind = m.lastgroup
-        assert kind is not None
-        tokens.append((kind, m.group(kind)))
-        pos = m.end()
-    i = 0
-    while i < len(tokens):
-        path: list[str] = []
-        while True:
-            if i >= len(tokens) or tokens[i][0] not in ("bare", "quoted"):
-                raise InvalidArgument(f"filter {text!r}: expected a field name")
-            kind, tok = tokens[i]
-            path.append(_unquote(tok) if kind == "quoted" else tok)
-            i += 1
-            if i < len(tokens) and tokens[i] == ("punct", "."):
-                i += 1
-                continue
-            break
-        op, value, regex = "", "", None
-        if i < len(tokens) and tokens[i][0] == "op":
-            op = tokens[i][1]
-            i += 1
-            parts = []
-            # a bare value may contain dots (``sha256:...``, ``1.2``): join until a comma
-            while i < len(tokens) and tokens[i] != ("punct", ","):
-                kind, tok = tokens[i]
-                parts.append(_unquote(tok) if kind == "quoted" else tok)
-                i += 1
-            if not parts:
-                raise InvalidArgument(f"filter {text!r}: expected a value after {op}")
-            value = "".join(parts)
-            if op == "~=":
-                try:
-                    regex = re.compile(value)
-                except re.error as e:
-                    raise InvalidArgument(f"filter {text!r}: bad regexp {value!r}: {e}") from None
-        conditions.append(_Condition(tuple(path), op, value, regex))
-        if i < len(tokens):
-            if tokens[i] != ("punct", ","):
-                raise InvalidArgument(f"filter {text!r}: expected ',' or an operator")
-            i += 1
-            if i >= len(tokens):
-                raise InvalidArgument(f"filter {text!r}: trailing ','")
-    return conditions
-
-
-def _matcher(filters: tuple[str, ...]) -> Callable[[Getter], bool]:
-    parsed = [parse_filter(f) for f in filters]
-    if not parsed:
-        return lambda get: True
-    return lambda get: any(all(c.matches(get) for c in conds) for conds in parsed)
-
-
-def _info_getter(info: Info) -> Getter:
+def info_getter(info: Info) -> Getter:
     def get(path: list[str]) -> str | None:
         if path == ["digest"]:
             return info.digest
         if path == ["size"]:
             return str(info.size)
-        if len(path) >= 2 and path[0] == "labels":
-            return info.labels.get(".".join(path[1:]))
+        if path[:1] == ["labels"]:
+            return map_field(info.labels, path[1:])
         return None
 
     return get
 
 
-def _status_getter(status: Status) -> Getter:
+def status_getter(status: Status) -> Getter:
     def get(path: list[str]) -> str | None:
         if path == ["ref"]:
             return status.ref
@@ -614,7 +511,7 @@ class ContentStore:
 
     def walk(self, *filters: str) -> Iterator[Info]:
         """Every committed blob's ``Info`` that matches any of ``filters`` (all if none)."""
-        match = _matcher(filters)
+        match = matcher(filters)
         blobs = os.path.join(self.root, "blobs")
         for algorithm in sorted(os.listdir(blobs)):
             if algorithm not in DIGEST_ALGORITHMS:
@@ -625,7 +522,7 @@ class ContentStore:
                     info = self.info(digest)
                 except (NotFound, InvalidArgument):
                     continue  # deleted meanwhile, or a stray file
-                if match(_info_getter(info)):
+                if match(info_getter(info)):
                     yield info
 
     def _labels_lock(self) -> contextlib.AbstractContextManager[None]:
@@ -793,12 +690,12 @@ class ContentStore:
         return status
 
     def statuses(self, *filters: str) -> list[Status]:
-        match = _matcher(filters)
+        match = matcher(filters)
         base = os.path.join(self.root, "ingest")
         out = []
         for name in sorted(os.listdir(base)):
             status = self._status_of(os.path.join(base, name))
-            if status is not None and match(_status_getter(status)):
+            if status is not None and match(status_getter(status)):
                 out.append(status)
         return out
 

@@ -23,7 +23,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from dockyard.errors import InvalidArgument
-from dockyard.image.content import parse_filter
+from dockyard.filters import parse_filter
 
 # Topics are paths: a leading slash and at least one component (containerd's
 # events.validateTopic).

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import shutil
 import stat
 import tempfile
@@ -51,6 +50,7 @@ from dockyard.errors import (
     SystemFailure,
     Unsupported,
 )
+from dockyard.filters import Getter, map_field, matcher
 from dockyard.image.snapshots.metadata import MetaStore, Record
 from dockyard.spec.mount import Mount
 
@@ -66,6 +66,7 @@ __all__ = [
     "Usage",
     "disk_usage",
     "match_filters",
+    "snapshot_getter",
 ]
 
 
@@ -145,97 +146,25 @@ def disk_usage(path: str) -> Usage:
     return u
 
 
-# --- filters: containerd's syntax (pkg/filters), the part snapshots use ------
-
-Selector = tuple[list[str], str, str]  # fieldpath, operator ("" = present), value
+# --- filters (the syntax is dockyard.filters') ------------------------------
 
 
-def _unquote(s: str) -> str:
-    return re.sub(r"\\(.)", r"\1", s)
+def snapshot_getter(info: Info) -> Getter:
+    """The fields a snapshot filter sees: name, parent, kind, labels.<key>."""
 
+    def get(path: list[str]) -> str | None:
+        if path in (["name"], ["parent"], ["kind"]):
+            return str(getattr(info, path[0]))
+        if path[:1] == ["labels"]:
+            return map_field(info.labels, path[1:])
+        return None
 
-_WORD = re.compile(r"[A-Za-z0-9_\-/:+@*]+")
-_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
-_OP = re.compile(r"==|!=|~=")
-
-
-def _parse_filter(text: str) -> list[Selector]:
-    """``labels."a.b"==x,kind==committed`` -> selectors that must all match.
-
-    A field path is words or quoted strings joined by dots; a value is a
-    quoted string or everything up to the next comma.
-    """
-    out: list[Selector] = []
-    pos = 0
-
-    def bad(what: str) -> InvalidArgument:
-        return InvalidArgument(f"filter {text!r}: {what} at {pos}")
-
-    while True:
-        path: list[str] = []
-        while True:
-            q = _QUOTED.match(text, pos)
-            w = q or _WORD.match(text, pos)
-            if not w:
-                raise bad("expected a field name")
-            path.append(_unquote(w.group(1)) if q else w.group(0))
-            pos = w.end()
-            if text.startswith(".", pos):
-                pos += 1
-                continue
-            break
-        op = value = ""
-        o = _OP.match(text, pos)
-        if o:
-            op, pos = o.group(0), o.end()
-            q = _QUOTED.match(text, pos)
-            if q:
-                value, pos = _unquote(q.group(1)), q.end()
-            else:
-                end = text.find(",", pos)
-                end = len(text) if end < 0 else end
-                value, pos = text[pos:end], end
-        out.append((path, op, value))
-        if pos == len(text):
-            return out
-        if not text.startswith(",", pos):
-            raise bad("expected ','")
-        pos += 1
-
-
-def _field(info: Info, path: list[str]) -> str | None:
-    if len(path) == 1 and path[0] in ("name", "parent", "kind"):
-        return str(getattr(info, path[0]))
-    if path[0] == "labels" and len(path) > 1:
-        return info.labels.get(".".join(path[1:]))
-    return None
+    return get
 
 
 def match_filters(info: Info, filters: Iterable[str] | None) -> bool:
     """True if any filter matches (each filter: comma-separated selectors, all must match)."""
-    parsed = [_parse_filter(f) for f in (filters or []) if f]
-    if not parsed:
-        return True
-    for selectors in parsed:
-        ok = True
-        for path, op, value in selectors:
-            v = _field(info, path)
-            if op == "":
-                ok = v is not None
-            elif op == "==":
-                ok = v == value
-            elif op == "!=":
-                ok = v != value
-            else:
-                try:
-                    ok = v is not None and re.search(value, v) is not None
-                except re.error as e:
-                    raise InvalidArgument(f"filter: bad regular expression {value!r}: {e}")
-            if not ok:
-                break
-        if ok:
-            return True
-    return False
+    return matcher(filters or [])(snapshot_getter(info))
 
 
 # --- the common machinery ----------------------------------------------------
@@ -326,10 +255,10 @@ class Snapshotter:
         return disk_usage(self._own_dir(rec.id))
 
     def walk(self, filters: Iterable[str] | None = None) -> Iterator[Info]:
-        flist = list(filters or [])
+        match = matcher(filters or [])
         for rec in self._meta.all():
             info = _info(rec)
-            if match_filters(info, flist):
+            if match(snapshot_getter(info)):
                 yield info
 
     def cleanup(self) -> None:
