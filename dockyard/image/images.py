@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from dockyard.errors import AlreadyExists, InvalidArgument, NotFound
+from dockyard.image.sqlite import Connections
 from dockyard.spec.image import Descriptor
 
 SCHEMA = """
@@ -50,12 +51,17 @@ class ImageStore:
 
     def __init__(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self._conns = Connections(path)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(SCHEMA)
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection (the supervisor's worker threads share the store)."""
+        return self._conns.get()
+
     def close(self) -> None:
-        self.db.close()
+        self._conns.close()
 
     @staticmethod
     def _check(namespace: str, name: str) -> None:

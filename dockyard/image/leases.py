@@ -43,6 +43,7 @@ from datetime import UTC, datetime, timedelta
 
 from dockyard.errors import AlreadyExists, InvalidArgument, NotFound
 from dockyard.image.content import validate_labels
+from dockyard.image.sqlite import Connections
 from dockyard.spec.image import parse_digest
 
 EXPIRE_LABEL = "containerd.io/gc.expire"
@@ -141,12 +142,17 @@ class LeaseStore:
 
     def __init__(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self._conns = Connections(path)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection (the supervisor's worker threads share the store)."""
+        return self._conns.get()
+
     def close(self) -> None:
-        self.db.close()
+        self._conns.close()
 
     @staticmethod
     def _check(namespace: str, lease_id: str) -> None:
