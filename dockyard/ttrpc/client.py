@@ -8,7 +8,7 @@ with ConnectionClosed, and so does every later call.
 
 from __future__ import annotations
 
-import socket
+import _socket  # not socket: see wire.py
 import threading
 from collections.abc import Callable
 
@@ -68,13 +68,13 @@ class Client:
 
     def __init__(
         self,
-        address: str | socket.socket,
+        address: str | _socket.socket,
         *,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         if isinstance(address, str):
             self.address = address
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
             try:
                 sock.connect(socket_address(address))
             except OSError as e:
@@ -201,7 +201,7 @@ class Client:
                 self._closed = "client closed"
             if not self._sock_closed:
                 try:
-                    self._sock.shutdown(socket.SHUT_RDWR)
+                    self._sock.shutdown(_socket.SHUT_RDWR)
                 except OSError:
                     pass
         if threading.current_thread() is not self._reader:
@@ -236,7 +236,7 @@ class Client:
             # Unblock a write stuck on a server that stopped reading, then close.
             with self._lock:
                 try:
-                    self._sock.shutdown(socket.SHUT_RDWR)
+                    self._sock.shutdown(_socket.SHUT_RDWR)
                 except OSError:
                     pass
             with self._write_lock, self._lock:

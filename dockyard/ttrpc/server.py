@@ -15,10 +15,10 @@ are written whole under the connection's write lock.
 
 from __future__ import annotations
 
+import _socket  # not socket: see wire.py
 import errno
 import os
 import select
-import socket
 import sys
 import threading
 import time
@@ -121,7 +121,7 @@ class Server:
 
     # --- serving ------------------------------------------------------------
 
-    def serve(self, listener: socket.socket) -> None:
+    def serve(self, listener: _socket.socket) -> None:
         """Accept connections on a listening socket until shutdown() or close().
 
         The listener is closed when this returns (as Go's Serve does);
@@ -147,13 +147,13 @@ class Server:
             os.close(wake_w)
             listener.close()
 
-    def serve_in_thread(self, listener: socket.socket) -> threading.Thread:
+    def serve_in_thread(self, listener: _socket.socket) -> threading.Thread:
         """serve() in a daemon thread, which is returned started."""
         t = threading.Thread(target=self.serve, args=(listener,), name="ttrpc-serve", daemon=True)
         t.start()
         return t
 
-    def _accept_loop(self, listener: socket.socket, wake_r: int) -> None:
+    def _accept_loop(self, listener: _socket.socket, wake_r: int) -> None:
         poller = select.poll()
         poller.register(wake_r, select.POLLIN)
         poller.register(listener, select.POLLIN)
@@ -169,7 +169,8 @@ class Server:
             if self._shutting_down or any(fd == wake_r for fd, _ in ready):
                 return
             try:
-                conn, _ = listener.accept()
+                # socket.socket.accept() is this plus a wrapper object.
+                fd, _ = listener._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 continue
             except OSError as e:
@@ -178,10 +179,11 @@ class Server:
                 backoff = min(max(backoff * 2, 0.005), 1.0)
                 continue
             backoff = 0.0
+            conn = _socket.socket(fileno=fd)
             conn.setblocking(True)
             self._add_connection(conn)
 
-    def _add_connection(self, sock: socket.socket) -> None:
+    def _add_connection(self, sock: _socket.socket) -> None:
         c = _Connection(self, sock)
         with self._lock:
             if self._shutting_down:
@@ -306,7 +308,7 @@ def _typed(
 class _Connection:
     """One accepted connection: a reader thread and a thread per request."""
 
-    def __init__(self, server: Server, sock: socket.socket) -> None:
+    def __init__(self, server: Server, sock: _socket.socket) -> None:
         self.server = server
         self.sock = sock
         # Held for a whole frame write, so frames never interleave; the
@@ -404,6 +406,6 @@ class _Connection:
         with self.lock:
             if not self.closed:
                 try:
-                    self.sock.shutdown(socket.SHUT_RDWR)
+                    self.sock.shutdown(_socket.SHUT_RDWR)
                 except OSError:
                     pass

@@ -20,7 +20,9 @@ ttrpc's types.go):
 
 from __future__ import annotations
 
-import socket
+# The C module itself: socket.py would add some 4 ms (selectors, array, its
+# enums) to every shim start, and what is used here is all in _socket.
+import _socket
 import struct
 
 HEADER = struct.Struct(">IIBB")
@@ -288,7 +290,7 @@ def frame(stream_id: int, message_type: int, data: bytes) -> bytes:
     return HEADER.pack(len(data), stream_id, message_type, 0) + data
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytearray | None:
+def _recv_exact(sock: _socket.socket, n: int) -> bytearray | None:
     """Exactly n bytes, or None if the stream ended first."""
     buf = bytearray(n)
     view = memoryview(buf)
@@ -301,7 +303,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytearray | None:
     return buf
 
 
-def _discard(sock: socket.socket, n: int) -> bool:
+def _discard(sock: _socket.socket, n: int) -> bool:
     chunk = bytearray(min(n, 1 << 16))
     while n > 0:
         r = sock.recv_into(chunk, min(n, len(chunk)))
@@ -311,7 +313,7 @@ def _discard(sock: socket.socket, n: int) -> bool:
     return True
 
 
-def read_frame(sock: socket.socket) -> tuple[int, int, int, int, bytes | None] | None:
+def read_frame(sock: _socket.socket) -> tuple[int, int, int, int, bytes | None] | None:
     """The next frame as (stream id, type, flags, length, data), or None once the peer
     is gone.
 
