@@ -19,6 +19,7 @@ import _socket  # not socket: see wire.py
 import errno
 import os
 import select
+import struct
 import sys
 import threading
 import time
@@ -80,7 +81,11 @@ _ACCEPT_BACKOFF_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, e
 class Server:
     """Serves registered services on any number of listening unix sockets."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, require_same_user: bool = False) -> None:
+        """``require_same_user`` refuses peers whose effective uid or gid differ
+        from this process's (SO_PEERCRED), as containerd's shims do: their
+        sockets may be abstract, where file permissions do not apply."""
+        self._require_same_user = require_same_user
         self._services: dict[str, dict[str, Handler]] = {}
         self._lock = threading.Lock()
         # Signalled whenever a connection or a serve loop ends.
@@ -184,6 +189,9 @@ class Server:
             self._add_connection(conn)
 
     def _add_connection(self, sock: _socket.socket) -> None:
+        if self._require_same_user and not _same_user(sock):
+            sock.close()
+            return
         c = _Connection(self, sock)
         with self._lock:
             if self._shutting_down:
@@ -277,6 +285,29 @@ class Server:
             return wire.Response(code, message, details=details)
 
 
+_UCRED = struct.Struct("=iII")  # struct ucred: pid, uid, gid
+
+
+def _same_user(sock: _socket.socket) -> bool:
+    try:
+        raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _UCRED.size)
+    except OSError:
+        return False
+    _pid, uid, gid = _UCRED.unpack(raw)
+    if uid == os.geteuid() and gid == os.getegid():
+        return True
+    _warn(f"ttrpc: refused a connection from uid {uid} gid {gid}: not this process's user")
+    return False
+
+
+def _warn(line: str) -> None:
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except Exception:  # no usable stderr
+        pass
+
+
 def _report(req: wire.Request, e: BaseException) -> None:
     """A handler failed in a way nobody planned: leave its traceback on stderr."""
     import traceback
@@ -285,7 +316,7 @@ def _report(req: wire.Request, e: BaseException) -> None:
         sys.stderr.write(f"ttrpc: {req.service}/{req.method} failed unexpectedly:\n")
         traceback.print_exception(e, file=sys.stderr)
         sys.stderr.flush()
-    except (OSError, ValueError):
+    except Exception:  # no usable stderr: the caller still gets the status
         pass
 
 
@@ -370,7 +401,16 @@ class _Connection:
 
     def _handle(self, stream_id: int, req: wire.Request) -> None:
         try:
-            self._send(stream_id, wire.encode_response(self.server._call(req)))
+            try:
+                data = wire.encode_response(self.server._call(req))
+            except BaseException as e:  # never leave the caller waiting for an answer
+                data = wire.encode_response(
+                    wire.Response(
+                        codes.INTERNAL,
+                        f"ttrpc: answer {req.service}/{req.method}: {type(e).__name__}",
+                    )
+                )
+            self._send(stream_id, data)
         finally:
             with self.lock:
                 self.active -= 1

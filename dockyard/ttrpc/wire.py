@@ -109,8 +109,11 @@ def _put_bytes(out: bytearray, key: int, data: bytes) -> None:
 
 
 def _text(s: str) -> bytes:
-    # surrogateescape: names that arrived as invalid UTF-8 go back out as they came.
-    return s.encode("utf-8", "surrogateescape")
+    try:
+        # surrogateescape: names that arrived as invalid UTF-8 go back out as they came.
+        return s.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # other lone surrogates, from a handler's message say
+        return s.encode("utf-8", "replace")
 
 
 def encode_request(req: Request) -> bytes:

@@ -103,6 +103,8 @@ def _handlers(s: Served) -> dict[str, Callable[[bytes, Context], bytes]]:
             raise FailedPrecondition('container "c1": already started')
         if kind == "enoent":
             raise FileNotFoundError(2, "No such file or directory", "/nope")
+        if kind == "surrogate":
+            raise Error(codes.INTERNAL, "bad \ud800 text")
         if kind == "notbytes":
             return "text"  # type: ignore[return-value]
         raise ValueError("something broke")

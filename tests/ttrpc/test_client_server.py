@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -189,6 +191,7 @@ def test_unknown_service_or_method_is_unimplemented(served: Served) -> None:
         ("enoent", codes.NOT_FOUND, "[Errno 2] No such file or directory: '/nope'"),
         ("notbytes", codes.UNKNOWN, f"ttrpc handler {SERVICE}/Fail returned str, not bytes"),
         ("other", codes.UNKNOWN, "something broke"),
+        ("surrogate", codes.INTERNAL, "bad ? text"),
     ],
 )
 def test_handler_errors_become_statuses_and_the_server_keeps_serving(
@@ -368,3 +371,49 @@ def test_a_server_that_was_shut_down_does_not_serve(short_dir: Path) -> None:
     server.serve(listener)  # returns at once, and closes the listener
     assert listener.fileno() == -1
     server.close()
+
+
+# A peer that connects, sends one request and prints how many bytes came back.
+PEER = """
+import _socket, sys
+s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+s.connect("\\0" + sys.argv[1])
+s.settimeout(60)
+try:
+    s.sendall(bytes.fromhex(sys.argv[2]))
+    print(len(s.recv(100)))
+except (BrokenPipeError, ConnectionResetError):
+    print(0)
+"""
+
+
+def test_require_same_user_refuses_other_users() -> None:
+    server = Server(require_same_user=True)
+    server.register(SERVICE, {"Echo": lambda payload, ctx: payload})
+    name = f"dockyard-ttrpc-{uuid.uuid4().hex}"
+    # Abstract: no file permissions keep anyone out, only the credentials check.
+    t = server.serve_in_thread(listen("\0" + name))
+    try:
+        with Client(f"unix://@{name}") as c:
+            assert c.call(SERVICE, "Echo", b"me") == b"me"
+        request = wire.frame(
+            1, wire.TYPE_REQUEST, wire.encode_request(wire.Request(SERVICE, "Echo", b"x"))
+        )
+
+        def peer(**kw: object) -> str:
+            p = subprocess.run(
+                [sys.executable, "-I", "-S", "-c", PEER, name, request.hex()],
+                capture_output=True,
+                text=True,
+                timeout=HANG,
+                check=True,
+                **kw,  # type: ignore[call-overload]
+            )
+            return p.stdout.strip()
+
+        assert int(peer()) > 0  # the same peer as root is answered
+        # Another group (root can still run the interpreter): refused, never answered.
+        assert peer(group=65534, extra_groups=[]) == "0"
+    finally:
+        server.close()
+        t.join(HANG)
