@@ -52,6 +52,7 @@ SERVICES = [
     "events",
     "introspection",
     "containers",
+    "tasks",
 ]
 
 # containerd's default message limits (16 MiB each way).

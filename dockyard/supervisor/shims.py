@@ -1,0 +1,983 @@
+"""The runtime v2 shim manager: the supervisor's side of the shim v2 contract.
+
+containerd's ``runtime/v2`` (manager.go, binary.go, bundle.go, shim.go,
+shim_load.go) on the caller's side, and its README's rules:
+
+- a task's bundle is ``<state>/io.containerd.runtime.v2.task/<ns>/<id>``
+  (``config.json`` from the container's spec, an empty ``rootfs/`` for the
+  shim to mount on, a ``work`` link to ``<root>/io.containerd.runtime.v2.task/
+  <ns>/<id>`` for state that survives reboots), made 0700;
+- the shim binary is named by the runtime: ``io.containerd.runc.v2`` runs
+  ``containerd-shim-runc-v2``, found on PATH or beside this program; an
+  absolute path is used as it is;
+- ``<shim> -namespace <ns> -address <grpc> -publish-binary <self> -id <id>
+  start``, in the bundle, with ``TTRPC_ADDRESS`` in its environment and the
+  task's runtime options (a marshalled ``Any``) on stdin, prints the ttrpc
+  address it serves; the manager keeps one connection per task;
+- ``... -id <id> -bundle <bundle> delete`` cleans up after a shim that died
+  and prints a ``DeleteResponse`` with the exit it recorded;
+- the shim's own log is the ``log`` FIFO in the bundle; the manager holds it
+  open for reading (so the shim never blocks on it) and copies it to the
+  supervisor's log.
+
+Tasks outlive the supervisor: on start, ``load`` walks the bundles,
+reconnects to each shim through the bundle's ``address`` file, and cleans up
+after each shim that is gone (publishing the exit it reports). A shim that
+hangs up while we hold its connection is cleaned up the same way.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import selectors
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from google.protobuf import any_pb2, empty_pb2
+from google.protobuf.message import DecodeError, Message
+
+from dockyard.api.events import task_pb2 as task_events
+from dockyard.api.runtime.task.v2 import shim_pb2
+from dockyard.api.types import mount_pb2
+from dockyard.errors import (
+    AlreadyExists,
+    DockyardError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SystemFailure,
+)
+from dockyard.supervisor.grpcutil import validate_identifier
+from dockyard.ttrpc import Client, ConnectionClosed, Error, codes
+
+if TYPE_CHECKING:
+    from dockyard.supervisor.daemon import Supervisor
+
+log = logging.getLogger("dockyard.supervisor.shims")
+shim_log = logging.getLogger("dockyard.shim")
+
+# The runtime v2 plugin's directory under both the root and the state dir.
+TASK_DIR = "io.containerd.runtime.v2.task"
+TASK_SERVICE = "containerd.task.v2.Task"
+# containerd's ttrpc namespace header (namespaces/ttrpc.go).
+TTRPC_NAMESPACE_KEY = "containerd-namespace-ttrpc"
+
+# Time limits (s), containerd's io.containerd.timeout.shim.* defaults where
+# it has one: loading a shim, cleaning up after one, shutting one down, and
+# reading a task's state for a listing.
+LOAD_TIMEOUT = 5.0
+CLEANUP_TIMEOUT = 5.0
+SHUTDOWN_TIMEOUT = 3.0
+STATE_TIMEOUT = 2.0
+# The shim's start command (it forks the shim and prints its address) and
+# any task call the client set no deadline for: a hung shim must not hold a
+# gRPC worker for ever. Wait has no limit: it lasts as long as the process.
+START_TIMEOUT = 60.0
+CALL_TIMEOUT = 120.0
+
+# What a shim that is gone without a word is reported to have exited with.
+DEAD_SHIM_STATUS = 255
+
+_M = TypeVar("_M", bound=Message)
+
+
+def binary_name(runtime: str) -> str:
+    """``containerd-shim-<name>-<version>`` of ``io.containerd.<name>.<version>``."""
+    parts = runtime.split(".")
+    if len(parts) < 2 or not parts[-2] or not parts[-1]:
+        raise InvalidArgument(
+            f"runtime {runtime!r}: name must look like io.containerd.runc.v2 "
+            "or be an absolute path to a shim binary"
+        )
+    return f"containerd-shim-{parts[-2]}-{parts[-1]}"
+
+
+def resolve_binary(runtime: str) -> str:
+    """The shim binary of a runtime name (or absolute path), as containerd finds it."""
+    if not runtime:
+        raise InvalidArgument("runtime: no runtime name")
+    if os.path.isabs(runtime):
+        if not os.path.exists(runtime):
+            raise NotFound(f"runtime {runtime}: no such shim binary")
+        return runtime
+    name = binary_name(runtime)
+    found = shutil.which(name)
+    if not found:
+        # Beside this program, as containerd looks beside its own executable:
+        # our shim is installed next to the supervisor.
+        beside = os.path.join(os.path.dirname(sys.executable), name)
+        if os.access(beside, os.X_OK):
+            found = beside
+    if not found:
+        raise NotFound(f"runtime {runtime!r}: shim binary {name} is not installed")
+    return os.path.abspath(found)
+
+
+def publish_binary() -> str:
+    """What shims get as ``-publish-binary``: this daemon's command (v2 shims
+    publish over ttrpc and only record it)."""
+    beside = os.path.join(os.path.dirname(sys.executable), "dockyard-supervisor")
+    return beside if os.path.exists(beside) else sys.executable
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- bundles -------------------------------------------------------------------
+
+
+@dataclass
+class Bundle:
+    """A task's bundle directory (runtime/v2/bundle.go)."""
+
+    id: str
+    namespace: str
+    path: str
+
+    @classmethod
+    def create(cls, state: str, root: str, ns: str, cid: str, spec: bytes) -> Bundle:
+        """Make the bundle and its work dir; all of it removed again on failure."""
+        validate_identifier("task", cid)
+        b = cls(cid, ns, os.path.join(state, ns, cid))
+        work = os.path.join(root, ns, cid)
+        made: list[str] = []
+        try:
+            os.makedirs(os.path.dirname(b.path), mode=0o711, exist_ok=True)
+            try:
+                os.mkdir(b.path, 0o700)
+            except FileExistsError:
+                raise AlreadyExists(f"bundle {b.path}: already exists") from None
+            made.append(b.path)
+            gid = _remapped_gid(spec)
+            if gid:
+                # The container's root, remapped, must reach its rootfs.
+                os.chown(b.path, -1, gid)
+                os.chmod(b.path, 0o710)
+            os.mkdir(os.path.join(b.path, "rootfs"), 0o711)
+            os.makedirs(os.path.dirname(work), mode=0o711, exist_ok=True)
+            try:
+                os.mkdir(work, 0o711)
+            except FileExistsError:
+                shutil.rmtree(work)
+                os.mkdir(work, 0o711)
+            made.append(work)
+            os.symlink(work, os.path.join(b.path, "work"))
+            fd = os.open(
+                os.path.join(b.path, "config.json"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666
+            )
+            with os.fdopen(fd, "wb") as f:
+                f.write(spec)
+        except BaseException:
+            for path in made:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+        return b
+
+    def delete(self) -> None:
+        """Unmount and remove the rootfs dir, then the bundle and its work dir.
+
+        The rootfs is only ever removed empty: if something is still there
+        (a mount that would not go) the bundle stays, for a later try.
+        """
+        from dockyard.spec.mount import unmount_all
+
+        try:
+            work: str | None = os.readlink(os.path.join(self.path, "work"))
+        except OSError:
+            work = None
+        rootfs = os.path.join(self.path, "rootfs")
+        try:
+            unmount_all(rootfs)
+        except OSError as e:
+            raise SystemFailure(f"unmount rootfs {rootfs}: {e.strerror or e}") from None
+        try:
+            os.rmdir(rootfs)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise SystemFailure(f"remove bundle rootfs {rootfs}: {e.strerror or e}") from None
+        _atomic_delete(self.path)
+        if work is not None:
+            _atomic_delete(work)
+
+    def read(self, name: str) -> str:
+        with open(os.path.join(self.path, name)) as f:
+            return f.read()
+
+
+def _remapped_gid(spec: bytes) -> int:
+    """The host gid of the container's gid 0 under user namespaces, 0 without."""
+    try:
+        doc = json.loads(spec)
+    except ValueError as e:
+        raise InvalidArgument(f"container spec: not valid JSON: {e}") from None
+    linux = doc.get("linux") if isinstance(doc, dict) else None
+    for m in (linux or {}).get("gidMappings") or []:
+        if isinstance(m, dict) and m.get("containerID") == 0:
+            return int(m.get("hostID", 0))
+    return 0
+
+
+def _atomic_delete(path: str) -> None:
+    """Rename to a hidden name first, so a half-removed dir is never loaded."""
+    hidden = os.path.join(os.path.dirname(path), "." + os.path.basename(path))
+    try:
+        os.rename(path, hidden)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        shutil.rmtree(hidden, ignore_errors=True)  # a leftover of an earlier try
+        os.rename(path, hidden)
+    shutil.rmtree(hidden)
+
+
+# --- the shims' logs --------------------------------------------------------------
+
+
+_LEVEL = re.compile(r'\blevel=(\w+)|"level":\s*"(\w+)"')
+_LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+    "panic": logging.CRITICAL,
+}
+MAX_LOG_LINE = 64 << 10
+
+
+class LogDrain:
+    """Copies every shim's ``log`` FIFO to the supervisor's log, in one thread.
+
+    Each FIFO is opened read-write and non-blocking, as containerd opens it:
+    the shim's own open for writing never blocks, and a shim that exits does
+    not make the FIFO look closed (the manager closes it with the bundle).
+    """
+
+    def __init__(self) -> None:
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._ops: list[tuple[str, int, str]] = []
+        self._buffers: dict[int, bytearray] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="shim-logs", daemon=True)
+        self._thread.start()
+
+    def open(self, path: str, label: str) -> int:
+        """Open (making it if needed) the FIFO at ``path``; its lines go out as ``label``."""
+        try:
+            os.mkfifo(path, 0o700)
+        except FileExistsError:
+            pass
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._queue("add", fd, label)
+        return fd
+
+    def close_fd(self, fd: int) -> None:
+        """Copy what is left in the FIFO, then close it."""
+        self._queue("remove", fd, "")
+
+    def _queue(self, op: str, fd: int, label: str) -> None:
+        with self._lock:
+            if self._closed:
+                if op == "add":
+                    os.close(fd)
+                return
+            self._ops.append((op, fd, label))
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            for key, _ in self._sel.select():
+                if key.fd == self._wake_r:
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    if not self._apply_ops():
+                        return
+                else:
+                    self._copy(key.fd, key.data)
+
+    def _apply_ops(self) -> bool:
+        with self._lock:
+            ops, self._ops = self._ops, []
+            closed = self._closed
+        for op, fd, label in ops:
+            if op == "add":
+                self._buffers[fd] = bytearray()
+                self._sel.register(fd, selectors.EVENT_READ, label)
+            else:
+                self._drop(fd)
+        if closed:
+            for key in list(self._sel.get_map().values()):
+                if key.fd != self._wake_r:
+                    self._drop(key.fd)
+            self._sel.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            return False
+        return True
+
+    def _drop(self, fd: int) -> None:
+        try:
+            key = self._sel.unregister(fd)
+        except (KeyError, ValueError):
+            return
+        self._copy(fd, key.data)
+        rest = self._buffers.pop(fd, bytearray())
+        if rest:
+            self._emit(key.data, bytes(rest))
+        os.close(fd)
+
+    def _copy(self, fd: int, label: str) -> None:
+        buf = self._buffers.setdefault(fd, bytearray())
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                break
+            if not data:
+                break
+            buf += data
+            *lines, rest = bytes(buf).split(b"\n")
+            buf[:] = rest[-MAX_LOG_LINE:]
+            for line in lines:
+                self._emit(label, line)
+
+    @staticmethod
+    def _emit(label: str, raw: bytes) -> None:
+        line = raw.decode(errors="replace").rstrip("\r")
+        if not line:
+            return
+        m = _LEVEL.search(line)
+        level = _LEVELS.get((m.group(1) or m.group(2)).lower(), logging.INFO) if m else logging.INFO
+        shim_log.log(level, "%s: %s", label, line)
+
+
+# --- one shim -------------------------------------------------------------------------
+
+
+@dataclass
+class Exit:
+    """How a task's process ended, as a shim's or its binary's delete reports it."""
+
+    pid: int
+    status: int
+    exited_at: datetime | None
+
+
+@dataclass
+class _Wait:
+    """One Wait call to the shim that any number of callers share."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    listeners: list[threading.Event] = field(default_factory=list)
+    response: shim_pb2.WaitResponse | None = None
+    error: BaseException | None = None
+
+
+class Shim:
+    """A running shim and the task it serves; the connection is ours to keep."""
+
+    def __init__(self, bundle: Bundle, binary: str, runtime: str = "") -> None:
+        self.bundle = bundle
+        self.binary = binary
+        self.runtime = runtime
+        self.client: Client | None = None
+        self.log_fd: int | None = None
+        # Set once the task is deleted on purpose or cleaned up: the
+        # connection ending after that is expected, not a dead shim.
+        self.gone = threading.Event()
+        self._lock = threading.Lock()
+        self._waits: dict[str, _Wait] = {}
+
+    @property
+    def id(self) -> str:
+        return self.bundle.id
+
+    @property
+    def namespace(self) -> str:
+        return self.bundle.namespace
+
+    def call(
+        self,
+        method: str,
+        request: Message,
+        response_class: type[_M],
+        timeout: float | None = CALL_TIMEOUT,
+    ) -> _M:
+        """One call of the shim's task API; its errors keep the shim's status code."""
+        client = self.client
+        if client is None:
+            raise FailedPrecondition(f"task {self.id}: shim is not connected")
+        payload = client.call(
+            TASK_SERVICE,
+            method,
+            request.SerializeToString(),
+            timeout=timeout,
+            metadata={TTRPC_NAMESPACE_KEY: self.namespace},
+        )
+        try:
+            return response_class.FromString(payload)
+        except DecodeError as e:
+            raise Error(codes.INTERNAL, f"decode shim {method} response: {e}") from None
+
+    def state(
+        self, exec_id: str = "", timeout: float | None = CALL_TIMEOUT
+    ) -> shim_pb2.StateResponse:
+        """The process's state; a closed connection means the task is gone (NotFound)."""
+        try:
+            return self.call(
+                "State",
+                shim_pb2.StateRequest(id=self.id, exec_id=exec_id),
+                shim_pb2.StateResponse,
+                timeout,
+            )
+        except ConnectionClosed:
+            raise NotFound(f"task {self.id}: shim is gone") from None
+
+    def pid(self, timeout: float | None = CALL_TIMEOUT) -> int:
+        resp = self.call(
+            "Connect", shim_pb2.ConnectRequest(id=self.id), shim_pb2.ConnectResponse, timeout
+        )
+        return int(resp.task_pid)
+
+    def wait(
+        self, exec_id: str = "", on_cancel: Callable[[Callable[[], None]], object] | None = None
+    ) -> shim_pb2.WaitResponse:
+        """Block until the process exits.
+
+        Callers waiting on one process share one Wait call to the shim; a
+        caller that goes away (``on_cancel`` registers its wake-up) stops
+        waiting without cancelling the others'.
+        """
+        mine = threading.Event()
+        with self._lock:
+            w = self._waits.get(exec_id)
+            if w is None:
+                w = self._waits[exec_id] = _Wait()
+                threading.Thread(
+                    target=self._wait_call, args=(exec_id, w), name="shim-wait", daemon=True
+                ).start()
+            w.listeners.append(mine)
+        if on_cancel is not None:
+            on_cancel(mine.set)
+        mine.wait()
+        if not w.done.is_set():
+            raise FailedPrecondition(f"wait for task {self.id}: the caller went away")
+        if w.error is not None:
+            raise w.error
+        assert w.response is not None
+        return w.response
+
+    def _wait_call(self, exec_id: str, w: _Wait) -> None:
+        try:
+            w.response = self.call(
+                "Wait",
+                shim_pb2.WaitRequest(id=self.id, exec_id=exec_id),
+                shim_pb2.WaitResponse,
+                timeout=None,
+            )
+        except BaseException as e:
+            w.error = e
+        finally:
+            # Forgotten once answered: a later exec of the same id waits anew.
+            with self._lock:
+                if self._waits.get(exec_id) is w:
+                    del self._waits[exec_id]
+                w.done.set()
+                for listener in w.listeners:
+                    listener.set()
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
+# --- the manager ------------------------------------------------------------------------
+
+
+@dataclass
+class CreateOptions:
+    """What a task is created with (containerd's runtime.CreateOpts)."""
+
+    spec: bytes
+    rootfs: list[mount_pb2.Mount] = field(default_factory=list)
+    stdin: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    terminal: bool = False
+    options: any_pb2.Any | None = None
+    runtime: str = ""
+
+
+class ShimManager:
+    """Starts, tracks, reloads and cleans up the shims of every namespace."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        config = sup.config
+        self.state = os.path.join(config.state, TASK_DIR)
+        self.root = os.path.join(config.root, TASK_DIR)
+        for d in (self.state, self.root):
+            os.makedirs(d, mode=0o711, exist_ok=True)
+        self.address = config.address
+        self.ttrpc_address = config.ttrpc_address
+        self._lock = threading.Lock()
+        self._shims: dict[tuple[str, str], Shim] = {}
+        self._starting: set[tuple[str, str]] = set()
+        self._closing = False
+        self._logs = LogDrain()
+
+    # -- the task list --------------------------------------------------------
+
+    def get(self, ns: str, cid: str) -> Shim:
+        with self._lock:
+            shim = self._shims.get((ns, cid))
+        if shim is None:
+            raise NotFound(f"task {cid}: not found")
+        return shim
+
+    def has_task(self, ns: str, cid: str) -> bool:
+        with self._lock:
+            return (ns, cid) in self._shims or (ns, cid) in self._starting
+
+    def tasks(self, ns: str | None = None) -> list[Shim]:
+        with self._lock:
+            return [s for (n, _), s in sorted(self._shims.items()) if ns is None or n == ns]
+
+    def _remove(self, shim: Shim) -> bool:
+        """Take ``shim`` off the list; False if it was not (or no longer) on it."""
+        with self._lock:
+            key = (shim.namespace, shim.id)
+            if self._shims.get(key) is shim:
+                del self._shims[key]
+                return True
+            return False
+
+    # -- create --------------------------------------------------------------------
+
+    def create(self, ns: str, cid: str, opts: CreateOptions) -> tuple[Shim, int]:
+        """Start a shim for the task and have it create the task: (shim, pid)."""
+        validate_identifier("task", cid)
+        key = (ns, cid)
+        with self._lock:
+            if self._closing:
+                raise FailedPrecondition(f"create task {cid}: the supervisor is stopping")
+            if key in self._shims or key in self._starting:
+                raise AlreadyExists(f"task {cid}: already exists")
+            self._starting.add(key)
+        try:
+            binary = resolve_binary(opts.runtime)
+            shim = self._start(ns, cid, binary, opts)
+            try:
+                resp = shim.call(
+                    "Create",
+                    shim_pb2.CreateTaskRequest(
+                        id=cid,
+                        bundle=shim.bundle.path,
+                        rootfs=opts.rootfs,
+                        stdin=opts.stdin,
+                        stdout=opts.stdout,
+                        stderr=opts.stderr,
+                        terminal=opts.terminal,
+                        options=opts.options,
+                    ),
+                    shim_pb2.CreateTaskResponse,
+                )
+            except BaseException:
+                self._discard(shim)
+                raise
+            with self._lock:
+                self._shims[key] = shim
+            return shim, int(resp.pid)
+        finally:
+            with self._lock:
+                self._starting.discard(key)
+
+    def _start(self, ns: str, cid: str, binary: str, opts: CreateOptions) -> Shim:
+        bundle = Bundle.create(self.state, self.root, ns, cid, opts.spec)
+        shim = Shim(bundle, binary, opts.runtime)
+        try:
+            shim.log_fd = self._logs.open(os.path.join(bundle.path, "log"), f"{ns}/{cid}")
+            payload = opts.options.SerializeToString() if opts.options is not None else b""
+            args = ["-id", cid]
+            if logging.getLogger("dockyard.supervisor").isEnabledFor(logging.DEBUG):
+                args.append("-debug")
+            out = self._run_binary(bundle, binary, [*args, "start"], payload, START_TIMEOUT)
+            address = _shim_address(out.decode(errors="replace"))
+            shim.client = Client(address, on_close=lambda: self._disconnected(shim))
+            with open(os.path.join(bundle.path, "shim-binary-path"), "w") as f:
+                f.write(binary)
+            return shim
+        except BaseException:
+            self._discard(shim)
+            raise
+
+    def _discard(self, shim: Shim) -> None:
+        """Undo a create that failed half-way: the task, the shim, the bundle."""
+        shim.gone.set()
+        if shim.client is not None and not shim.client.closed:
+            try:
+                shim.call(
+                    "Delete",
+                    shim_pb2.DeleteRequest(id=shim.id),
+                    shim_pb2.DeleteResponse,
+                    timeout=CLEANUP_TIMEOUT,
+                )
+            except Error as e:
+                log.debug("delete half-created task %s: %s", shim.id, e)
+            self._shutdown(shim)
+        shim.close()
+        self._close_log(shim)
+        try:
+            shim.bundle.delete()
+        except (OSError, DockyardError) as e:
+            log.error("remove bundle of task %s: %s", shim.id, e)
+
+    def _run_binary(
+        self, bundle: Bundle, binary: str, args: list[str], stdin: bytes, timeout: float
+    ) -> bytes:
+        """Run the shim binary's start or delete command in the bundle; its stdout.
+
+        Output goes to a file, not a pipe: the shim the start command leaves
+        running must not be able to hold our read open.
+        """
+        argv = [
+            binary,
+            "-namespace",
+            bundle.namespace,
+            "-address",
+            self.address,
+            "-publish-binary",
+            publish_binary(),
+            *args,
+        ]
+        env = dict(os.environ)
+        env["TTRPC_ADDRESS"] = self.ttrpc_address
+        env.setdefault("GOMAXPROCS", "2")
+        what = f"shim {os.path.basename(binary)} {args[-1]} for task {bundle.id}"
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.run(
+                    argv,
+                    input=stdin,
+                    stdout=out,
+                    stderr=err,
+                    cwd=bundle.path,
+                    env=env,
+                    timeout=timeout,
+                    process_group=0,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                raise SystemFailure(f"{what}: no answer in {timeout:.0f}s") from None
+            except OSError as e:
+                raise SystemFailure(f"{what}: {e.strerror or e}") from None
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
+        if args[-1] == "start":
+            # start prints its errors with its address, on either stream
+            stdout, stderr = stdout + stderr, b""
+        if proc.returncode != 0:
+            detail = (stdout + stderr).decode(errors="replace").strip()
+            raise SystemFailure(f"{what}: exit status {proc.returncode}: {detail}")
+        if stderr.strip():
+            log.warning("%s: %s", what, stderr.decode(errors="replace").strip())
+        return stdout
+
+    # -- delete --------------------------------------------------------------------
+
+    def delete(self, ns: str, cid: str) -> Exit:
+        """Delete the task in its shim, shut the shim down, remove the bundle."""
+        shim = self.get(ns, cid)
+        shim_error: Error | None = None
+        resp = None
+        try:
+            resp = shim.call("Delete", shim_pb2.DeleteRequest(id=cid), shim_pb2.DeleteResponse)
+        except ConnectionClosed as e:
+            shim_error = e
+        except Error as e:
+            if e.code != codes.NOT_FOUND:
+                raise
+            shim_error = e
+        if shim_error is None:
+            # The shim published the task's exit and delete itself.
+            shim.gone.set()
+            self._remove(shim)
+        self._shutdown(shim)
+        shim.gone.set()
+        shim.close()
+        self._close_log(shim)
+        try:
+            shim.bundle.delete()
+        except (OSError, DockyardError) as e:
+            log.error("remove bundle of task %s: %s", cid, e)
+        self._remove(shim)
+        if shim_error is not None or resp is None:
+            raise shim_error or SystemFailure(f"delete task {cid}: no answer")
+        return Exit(int(resp.pid), int(resp.exit_status), _time(resp.exited_at))
+
+    def _shutdown(self, shim: Shim) -> None:
+        try:
+            shim.call(
+                "Shutdown",
+                shim_pb2.ShutdownRequest(id=shim.id),
+                empty_pb2.Empty,
+                timeout=SHUTDOWN_TIMEOUT,
+            )
+        except ConnectionClosed:
+            pass  # it went as asked, before answering
+        except Error as e:
+            log.error("shut down shim of task %s: %s", shim.id, e)
+
+    def _close_log(self, shim: Shim) -> None:
+        if shim.log_fd is not None:
+            self._logs.close_fd(shim.log_fd)
+            shim.log_fd = None
+
+    # -- dead shims ----------------------------------------------------------------
+
+    def _disconnected(self, shim: Shim) -> None:
+        """The connection to a shim ended (runs in its reader thread)."""
+        if shim.gone.is_set() or self._closing:
+            return
+        log.info("shim of task %s/%s disconnected", shim.namespace, shim.id)
+        threading.Thread(
+            target=self._cleanup_after_dead_shim, args=(shim,), name="shim-cleanup", daemon=True
+        ).start()
+
+    def _cleanup_after_dead_shim(self, shim: Shim) -> None:
+        """containerd's cleanupAfterDeadShim: the binary's delete, then the exit events."""
+        with self._lock:
+            if shim.gone.is_set():
+                return
+            shim.gone.set()
+        log.warning("cleaning up after shim of task %s/%s", shim.namespace, shim.id)
+        exit_ = self._binary_delete(shim)
+        shim.close()
+        self._close_log(shim)
+        if not self._remove(shim):
+            return  # never listed, or deleted meanwhile: nobody waits for events
+        self._publish_exit(shim, exit_)
+
+    def _binary_delete(self, shim: Shim) -> Exit:
+        """``<shim> -id <id> -bundle <bundle> delete``, then remove the bundle and
+        the socket the dead shim left (a shim removes its own only when it
+        shuts down in order)."""
+        try:
+            address = shim.bundle.read("address").strip()
+        except OSError:
+            address = ""
+        try:
+            out = self._run_binary(
+                shim.bundle,
+                shim.binary,
+                ["-id", shim.id, "-bundle", shim.bundle.path, "delete"],
+                b"",
+                CLEANUP_TIMEOUT,
+            )
+            resp = shim_pb2.DeleteResponse.FromString(out)
+            exit_ = Exit(int(resp.pid), int(resp.exit_status), _time(resp.exited_at))
+        except (DockyardError, DecodeError) as e:
+            log.warning("clean up after shim of task %s/%s: %s", shim.namespace, shim.id, e)
+            exit_ = Exit(0, DEAD_SHIM_STATUS, _now())
+        try:
+            shim.bundle.delete()
+        except (OSError, DockyardError) as e:
+            log.error("remove bundle of task %s/%s: %s", shim.namespace, shim.id, e)
+        if address:
+            _remove_dead_socket(address)
+        return exit_
+
+    def _publish_exit(self, shim: Shim, exit_: Exit) -> None:
+        exited_at = exit_.exited_at or _now()
+        events = self.sup.events
+        events.publish(
+            shim.namespace,
+            "/tasks/exit",
+            task_events.TaskExit(
+                container_id=shim.id,
+                id=shim.id,
+                pid=exit_.pid,
+                exit_status=exit_.status,
+                exited_at=exited_at,
+            ),
+        )
+        events.publish(
+            shim.namespace,
+            "/tasks/delete",
+            task_events.TaskDelete(
+                container_id=shim.id,
+                pid=exit_.pid,
+                exit_status=exit_.status,
+                exited_at=exited_at,
+            ),
+        )
+
+    # -- reload after a restart -------------------------------------------------------
+
+    def load(self) -> None:
+        """Reconnect to the shims of every namespace; clean up after those that are gone."""
+        for ns in _subdirs(self.state):
+            try:
+                validate_identifier("namespace", ns)
+            except InvalidArgument:
+                continue
+            for cid in _subdirs(os.path.join(self.state, ns)):
+                try:
+                    self._load_one(ns, cid)
+                except Exception:
+                    log.exception("load task %s/%s", ns, cid)
+            self._cleanup_work_dirs(ns)
+
+    def _load_one(self, ns: str, cid: str) -> None:
+        bundle = Bundle(cid, ns, os.path.join(self.state, ns, cid))
+        if not os.listdir(bundle.path):
+            bundle.delete()
+            return
+        runtime = ""
+        try:
+            runtime = bundle.read("shim-binary-path")
+        except FileNotFoundError:
+            pass
+        if not runtime:
+            try:
+                runtime = self.sup.metadata.get_container(ns, cid).runtime
+            except NotFound:
+                log.warning("task %s/%s: no container record; removing its bundle", ns, cid)
+                bundle.delete()
+                return
+        try:
+            binary = resolve_binary(runtime)
+        except DockyardError as e:
+            log.error("task %s/%s: %s; removing its bundle", ns, cid, e)
+            bundle.delete()
+            return
+        shim = Shim(bundle, binary, runtime)
+        try:
+            address = bundle.read("address").strip()
+            shim.log_fd = self._logs.open(os.path.join(bundle.path, "log"), f"{ns}/{cid}")
+            shim.client = Client(address, on_close=lambda: self._disconnected(shim))
+            shim.pid(timeout=LOAD_TIMEOUT)  # is anyone there?
+        except (OSError, DockyardError) as e:
+            log.warning("task %s/%s: shim is gone (%s)", ns, cid, e)
+            shim.gone.set()
+            shim.close()
+            self._close_log(shim)
+            exit_ = self._binary_delete(shim)
+            # containerd publishes nothing here; whoever tracks the task must
+            # still learn it ended while nobody was listening.
+            self._publish_exit(shim, exit_)
+            return
+        with self._lock:
+            self._shims[(ns, cid)] = shim
+        log.info("task %s/%s: reconnected to its shim", ns, cid)
+
+    def _cleanup_work_dirs(self, ns: str) -> None:
+        # Work dirs of tasks not loaded (the state dir went with a reboot).
+        for cid in _subdirs(os.path.join(self.root, ns)):
+            with self._lock:
+                loaded = (ns, cid) in self._shims
+            if not loaded:
+                shutil.rmtree(os.path.join(self.root, ns, cid), ignore_errors=True)
+
+    # -- stopping ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Let go of every shim (they and their containers keep running)."""
+        with self._lock:
+            self._closing = True
+            shims = list(self._shims.values())
+        for shim in shims:
+            shim.close()
+        self._logs.close()
+
+
+def _subdirs(path: str) -> Iterator[str]:
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except FileNotFoundError:
+        return
+    for e in entries:
+        if e.is_dir(follow_symlinks=False) and not e.name.startswith("."):
+            yield e.name
+
+
+def _remove_dead_socket(address: str) -> None:
+    """Remove a shim's socket file if nobody serves on it any more."""
+    path = address.removeprefix("unix://")
+    if not path.startswith("/"):
+        return  # abstract: the kernel removes it with its last holder
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+    except ConnectionRefusedError:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    except OSError:
+        pass
+    finally:
+        s.close()
+
+
+def _shim_address(output: str) -> str:
+    """The address a shim's start printed (plain, or newer shims' bootstrap JSON)."""
+    text = output.strip()
+    if text.startswith("{"):
+        try:
+            params: Any = json.loads(text)
+        except ValueError:
+            params = None
+        if isinstance(params, dict) and isinstance(params.get("address"), str):
+            if params.get("protocol", "ttrpc") != "ttrpc":
+                raise SystemFailure(f"shim speaks {params.get('protocol')!r}, not ttrpc")
+            return str(params["address"])
+    if not text or "\n" in text:
+        raise SystemFailure(f"shim start printed no address: {text[:200]!r}")
+    return text
+
+
+def _time(ts: Any) -> datetime | None:
+    if ts is None or (ts.seconds == 0 and ts.nanos == 0):
+        return None
+    when: datetime = ts.ToDatetime(tzinfo=UTC)
+    return when
