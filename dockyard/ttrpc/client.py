@@ -61,22 +61,31 @@ class Client:
     """A connection to a ttrpc server; safe to share between threads.
 
     ``address`` is "unix:///path", "/path", "unix://@abstract" or an already
-    connected socket (the client takes it over). ``on_close`` runs once, in
-    the reader thread, when the connection has ended (the supervisor learns
-    this way that a shim went away).
+    connected socket (the client takes it over). With ``connect_timeout``
+    the connect never blocks longer than that; on a unix socket whose server
+    stopped accepting and whose backlog is full it then fails at once
+    ("resource temporarily unavailable"), as Go's dialer does, where a plain
+    connect would wait for a free slot.
+
+    ``on_close`` runs once, in the reader thread, when the connection has
+    ended (the supervisor learns this way that a shim went away). Close the
+    client when done with it: its reader thread keeps it alive until then.
     """
 
     def __init__(
         self,
         address: str | _socket.socket,
         *,
+        connect_timeout: float | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         if isinstance(address, str):
             self.address = address
             sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
             try:
+                sock.settimeout(connect_timeout)
                 sock.connect(socket_address(address))
+                sock.settimeout(None)
             except OSError as e:
                 sock.close()
                 raise Error(

@@ -417,3 +417,40 @@ def test_require_same_user_refuses_other_users() -> None:
     finally:
         server.close()
         t.join(HANG)
+
+
+def test_connect_timeout_does_not_wait_on_a_server_that_does_not_accept(
+    short_dir: Path,
+) -> None:
+    path = short_dir / "stuck.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(0)
+        queued = []
+        try:
+            # Fill the backlog: from then on a blocking connect would wait forever.
+            while True:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.setblocking(False)
+                queued.append(s)
+                try:
+                    s.connect(str(path))
+                except BlockingIOError:
+                    break
+            errors: list[Error] = []
+
+            def connect() -> None:
+                try:
+                    Client(str(path), connect_timeout=HANG / 2).close()
+                except Error as e:
+                    errors.append(e)
+
+            t = threading.Thread(target=connect, daemon=True)
+            t.start()
+            t.join(HANG)
+            assert not t.is_alive(), "the connect blocked on a full backlog"
+            assert [e.code for e in errors] == [codes.UNAVAILABLE]
+            assert "resource temporarily unavailable" in errors[0].message
+        finally:
+            for s in queued:
+                s.close()
