@@ -816,10 +816,12 @@ def docker_default_spec(
 
     if hostname is None:
         hostname = container_id[:12] if container_id else ""
+    image_env = _strings(config, "Env") or []
+    # HOSTNAME names the container even when it shares the host's UTS
+    # namespace (and so the host's hostname), as with dockerd.
+    process_environment = process_env(merge_env(image_env, list(env)), hostname, terminal)
     if uts_namespace == "host":
         hostname = ""
-    image_env = _strings(config, "Env") or []
-    process_environment = process_env(merge_env(image_env, list(env)), hostname, terminal)
     # runc and dockyard-runtime set HOME from passwd when the env has none;
     # saying it here makes the spec tell the whole truth.
     if not any(_env_key(e) == "HOME" for e in process_environment):
