@@ -1,0 +1,270 @@
+"""The shim's short-lived actions, ``start`` and ``delete``, as runc's shim 1.6 does them.
+
+``start`` (runtime/v2/runc/manager): the socket is
+``unix:///run/containerd/s/<sha256 of containerd's address, namespace and id>``.
+If a live shim already listens there (containers grouped into one shim by a
+``io.containerd.runc.v2.group`` or CRI sandbox annotation), its address is
+the answer. Otherwise the socket is made, its address written to the
+bundle's ``address`` file, and the shim starts itself without an action in
+a session of its own, the listener as fd 3; the runtime options on stdin
+may move it into a cgroup; its OOM score is containerd's plus one. The
+address is printed and ``start`` exits.
+
+``delete`` runs when containerd lost its shim: the runtime deletes the
+container (``--force``), the root filesystem is unmounted, and a
+``DeleteResponse`` (the init's pid, exit status 137) goes to stdout.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import socket
+import sys
+import time
+
+from dockyard.errors import DockyardError, SystemFailure
+from dockyard.shim import log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from dockyard.shim.main import Flags
+
+SOCKET_DIR = "/run/containerd/s"
+ADDRESS_FILE = "address"
+# Annotations that put several containers in one shim (runc's shim reads them).
+GROUP_LABELS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
+
+
+def socket_address(containerd_address: str, namespace: str, id: str) -> str:
+    """The shim's socket address: the same naming scheme as runc's shim."""
+    # Go's filepath.Join: skips empty elements and cleans the result.
+    joined = os.path.normpath(os.path.join(containerd_address, namespace, id))
+    digest = hashlib.sha256(joined.encode()).hexdigest()
+    return f"unix://{SOCKET_DIR}/{digest}"
+
+
+def socket_path(address: str) -> str:
+    """The filesystem path of a ``unix://`` address (abstract ones start with NUL)."""
+    if address.startswith("unix://"):
+        return address[len("unix://") :]
+    return "\0" + address
+
+
+def new_socket(address: str) -> socket.socket:
+    path = socket_path(address)
+    if not path.startswith("\0"):
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        if not path.startswith("\0"):
+            os.chmod(path, 0o600)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def can_connect(address: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(0.1)
+        try:
+            s.connect(socket_path(address))
+        except OSError:
+            return False
+    return True
+
+
+def remove_socket(address: str) -> None:
+    path = socket_path(address)
+    if path.startswith("\0"):
+        return
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def write_address(address: str, directory: str = ".") -> None:
+    path = os.path.join(os.path.abspath(directory), ADDRESS_FILE)
+    tmp = os.path.join(os.path.dirname(path), "." + ADDRESS_FILE)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        os.write(fd, address.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_address(directory: str = ".") -> str:
+    try:
+        with open(os.path.join(directory, ADDRESS_FILE)) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _grouping(id: str) -> str:
+    """The id whose shim this container joins: its group annotation, else itself."""
+    from dockyard import jsonio
+
+    try:
+        with open("config.json", "rb") as f:
+            annotations = jsonio.loads(f.read()).get("annotations") or {}
+    except (OSError, ValueError, AttributeError) as e:
+        raise SystemFailure(f"read config.json of {id}: {e}") from None
+    for label in GROUP_LABELS:
+        if isinstance(annotations, dict) and annotations.get(label):
+            return str(annotations[label])
+    return id
+
+
+def self_command() -> list[str]:
+    """How to run this shim again: its executable, or the module under this Python."""
+    exe = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if exe and not exe.endswith(".py") and os.access(exe, os.X_OK):
+        return [exe]
+    return [sys.executable, "-m", "dockyard.shim"]
+
+
+def start(flags: Flags) -> int:
+    address = socket_address(flags.address, flags.namespace, _grouping(flags.id))
+    try:
+        listener = new_socket(address)
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+            raise SystemFailure(
+                f"create shim socket {socket_path(address)}: {e.strerror}"
+            ) from None
+        if can_connect(address):
+            # A shim serves this address already (a grouped container, or a retry).
+            write_address(address)
+            sys.stdout.write(address)
+            return 0
+        remove_socket(address)
+        listener = new_socket(address)
+    pid = 0
+    try:
+        with listener:
+            write_address(address)
+            argv = [
+                *self_command(),
+                "-namespace",
+                flags.namespace,
+                "-id",
+                flags.id,
+                "-address",
+                flags.address,
+            ]
+            if flags.debug:
+                argv.append("-debug")
+            from dockyard.shim.reaper import spawn
+
+            pid = spawn(argv, extra={3: listener.fileno()}, setsid=True)
+        _apply_options(pid)
+        _adjust_oom_score(pid)
+    except BaseException:
+        if pid:
+            try:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+        remove_socket(address)
+        raise
+    sys.stdout.write(address)
+    return 0
+
+
+def _apply_options(pid: int) -> None:
+    """The runtime options containerd writes on stdin: a ``shim_cgroup`` to join."""
+    if os.isatty(0):
+        return
+    data = b""
+    while True:
+        try:
+            chunk = os.read(0, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    if not data:
+        return
+    from google.protobuf import any_pb2
+    from google.protobuf.message import DecodeError
+
+    from dockyard.shim import options
+
+    value = any_pb2.Any()
+    try:
+        value.ParseFromString(data)
+    except DecodeError as e:
+        raise SystemFailure(f"runtime options on stdin: {e}") from None
+    cgroup = options.parse(value).shim_cgroup
+    if not cgroup:
+        return
+    from dockyard.runtime import cgroups
+
+    mgr = cgroups.load_manager(cgroups.resolve_paths(cgroup, "shim"))
+    mgr.apply(pid)
+
+
+def _adjust_oom_score(pid: int) -> None:
+    """containerd's score + 1, so the OOM killer picks the shim before containerd."""
+    try:
+        with open(f"/proc/{os.getppid()}/oom_score_adj") as f:
+            score = int(f.read().strip())
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write(str(min(score + 1, 1000)))
+    except (OSError, ValueError) as e:
+        raise SystemFailure(f"set shim oom score: {e}") from None
+
+
+def delete(flags: Flags) -> int:
+    from google.protobuf import timestamp_pb2
+
+    from dockyard.api.runtime.task.v2 import shim_pb2
+    from dockyard.shim import options
+    from dockyard.shim.container import shim_dir
+    from dockyard.shim.process import INIT_PID_FILE, read_pid_file
+    from dockyard.shim.reaper import DirectLauncher
+    from dockyard.shim.rootfs import unmount_rootfs
+    from dockyard.shim.runtime import DEFAULT_RUNTIME, RuncCLI, default_root, find_binary
+
+    log.configure(debug=flags.debug, namespace=flags.namespace, id=flags.id)
+    bundle = os.path.abspath(flags.bundle or os.getcwd())
+    saved = options.load(bundle) or {}
+    try:
+        binary = str(saved.get("runtime") or find_binary(DEFAULT_RUNTIME, shim_dir()))
+        root = str(saved.get("root") or default_root(binary, flags.namespace))
+        runtime = RuncCLI(
+            binary,
+            root,
+            os.path.join(bundle, "log.json"),
+            DirectLauncher(),
+            systemd_cgroup=bool(saved.get("systemd_cgroup")),
+        )
+        runtime.delete(flags.id, force=True)
+    except DockyardError as e:
+        log.warn(f"delete container {flags.id}: {e}")
+    try:
+        unmount_rootfs(os.path.join(bundle, "rootfs"))
+    except DockyardError as e:
+        log.warn(str(e))
+    address = read_address(bundle)
+    if address and not can_connect(address):
+        remove_socket(address)
+    try:
+        pid = read_pid_file(os.path.join(bundle, INIT_PID_FILE))
+    except (OSError, DockyardError):
+        pid = 0
+    now = timestamp_pb2.Timestamp()
+    now.FromNanoseconds(time.time_ns())
+    response = shim_pb2.DeleteResponse(pid=pid, exit_status=128 + 9, exited_at=now)
+    sys.stdout.buffer.write(response.SerializeToString())
+    return 0

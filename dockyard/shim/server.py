@@ -1,0 +1,103 @@
+"""The long-running shim: the task API on its socket, the reaper on its signals.
+
+Started by ``start`` with the listening socket as fd 3 (or ``-socket``), in
+the bundle directory. It logs to the bundle's ``log`` FIFO when containerd
+has one open, becomes a child subreaper, and blocks SIGCHLD, SIGTERM,
+SIGINT and SIGUSR2 in every thread: the main thread takes them with
+``sigwait``, reaping on SIGCHLD, ending on SIGTERM/SIGINT, and on SIGUSR2
+when ``Shutdown`` asked it to. The ttrpc server, the event publisher, the
+stdio copies and the exit handlers run in threads of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+
+from dockyard.shim import log
+from dockyard.shim.manager import read_address, remove_socket
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from dockyard.shim.main import Flags
+
+PR_SET_CHILD_SUBREAPER = 36
+SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGUSR2}
+# How long the ending shim waits for its last answers and events to go out.
+DRAIN_TIMEOUT = 5.0
+
+
+def _log_to_fifo() -> None:
+    """stderr -> the bundle's ``log`` FIFO, if containerd holds it open for reading."""
+    try:
+        fd = os.open("log", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return  # no FIFO (a supervisor that does not read shim logs)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _set_subreaper() -> None:
+    from dockyard.runtime import libc
+
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def serve(flags: Flags) -> int:
+    from dockyard.shim.publisher import Publisher
+    from dockyard.shim.reaper import Reaper
+    from dockyard.shim.service import TASK_SERVICE, TaskService
+    from dockyard.ttrpc import Server
+
+    if flags.bundle:
+        os.chdir(flags.bundle)
+    _log_to_fifo()
+    log.configure(debug=flags.debug, namespace=flags.namespace, pid=str(os.getpid()))
+    # Before any thread exists, so that every thread inherits the mask.
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    _set_subreaper()
+    if flags.socket:
+        from dockyard.shim.manager import new_socket
+
+        listener = new_socket("unix://" + flags.socket)
+    else:
+        listener = socket.socket(fileno=3)
+
+    ending = threading.Event()
+
+    def request_shutdown() -> None:
+        ending.set()
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+    publisher = Publisher(os.environ.get("TTRPC_ADDRESS", ""), flags.namespace)
+    reaper = Reaper()
+    service = TaskService(flags.namespace, publisher, reaper, request_shutdown)
+    reaper.on_exit = service.on_exit
+    server = Server()
+    server.register_typed(TASK_SERVICE, service.handlers())
+    server.serve_in_thread(listener)
+    log.info("serving the task api")
+
+    while True:
+        sig = signal.sigwait(SIGNALS)
+        if sig == signal.SIGCHLD:
+            reaper.reap()
+        elif sig in (signal.SIGTERM, signal.SIGINT):
+            log.info(f"caught signal {sig}: ending")
+            break
+        elif ending.is_set():
+            break
+
+    server.shutdown()
+    server.wait(DRAIN_TIMEOUT)
+    service.wait_exits(DRAIN_TIMEOUT)
+    if not publisher.close(DRAIN_TIMEOUT):
+        log.error("publisher not closed: events may be lost")
+    address = read_address(".")
+    if address:
+        remove_socket(address)
+    elif flags.socket:
+        remove_socket("unix://" + flags.socket)
+    return 0

@@ -1,0 +1,454 @@
+"""containerd's shim v2 task API (``containerd.task.v2.Task``) over the shim's containers.
+
+Each method decodes its request, acts on a ``Container`` and its processes,
+publishes the events containerd expects (runtime/v2/README.md "Events") and
+answers. Errors are dockyard's, mapped to gRPC codes by the ttrpc server;
+a runtime failure carries the runtime's own message.
+
+Exits come from the reaper: ``on_exit`` matches the pid to a process. An
+exit can arrive before the pid is known (a process that ends while
+``runtime create`` or ``runtime exec`` is still running): while such a start
+is under way, exits of unknown pids are kept and matched once its pid is
+read, as containerd 1.7's runc shim does. The process's output is copied
+through before it counts as stopped and its ``/tasks/exit`` is published,
+and a start's event is always published before that process's exit event.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from google.protobuf import empty_pb2, timestamp_pb2
+
+from dockyard.api.events import task_pb2 as events
+from dockyard.api.runtime.task.v2 import shim_pb2 as api
+from dockyard.api.types.task import task_pb2 as task_types
+from dockyard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from dockyard.shim import log
+from dockyard.shim import options as shim_options
+from dockyard.shim.container import Container, validate_id
+from dockyard.shim.process import Exec, Init, Process
+from dockyard.shim.stdio import Stdio
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from google.protobuf.message import Message
+
+    from dockyard.shim.publisher import Publisher
+    from dockyard.shim.reaper import Exit, Launcher
+    from dockyard.ttrpc import Context
+
+TASK_SERVICE = "containerd.task.v2.Task"
+
+# containerd's topics (runtime/events.go)
+TASK_CREATE = "/tasks/create"
+TASK_START = "/tasks/start"
+TASK_EXIT = "/tasks/exit"
+TASK_DELETE = "/tasks/delete"
+TASK_EXEC_ADDED = "/tasks/exec-added"
+TASK_EXEC_STARTED = "/tasks/exec-started"
+TASK_PAUSED = "/tasks/paused"
+TASK_RESUMED = "/tasks/resumed"
+TASK_OOM = "/tasks/oom"
+
+_STATUS = {
+    "created": task_types.CREATED,
+    "running": task_types.RUNNING,
+    "stopped": task_types.STOPPED,
+    "deleted": task_types.STOPPED,
+    "paused": task_types.PAUSED,
+    "pausing": task_types.PAUSING,
+}
+
+_EMPTY = empty_pb2.Empty()
+
+
+def timestamp(ns: int) -> timestamp_pb2.Timestamp | None:
+    if not ns:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(ns)
+    return ts
+
+
+class TaskService:
+    """The shim's task service: its containers, their processes, their events."""
+
+    def __init__(
+        self,
+        namespace: str,
+        publisher: Publisher,
+        launcher: Launcher,
+        shutdown: Callable[[], None],
+    ) -> None:
+        self.namespace = namespace
+        self.publisher = publisher
+        self.launcher = launcher
+        self._shutdown = shutdown
+        # Guards the maps below; held only for lookups and updates, never
+        # across a runtime command.
+        self._lock = threading.Lock()
+        self._containers: dict[str, Container] = {}
+        self._creating: set[str] = set()
+        self._by_pid: dict[int, tuple[Container, Process]] = {}
+        # Starts whose pid is not known yet, and the exits of unknown pids
+        # reaped meanwhile.
+        self._starting = 0
+        self._early: dict[int, Exit] = {}
+        # Held while a start runs and its event is published, and to publish
+        # an exit: a process's exit event never precedes its start event.
+        self._events = threading.RLock()
+
+    # -- plumbing ----------------------------------------------------------
+
+    def handlers(self) -> dict[str, tuple[Any, Any]]:
+        """The methods for ``ttrpc.Server.register_typed``."""
+        return {
+            "State": (api.StateRequest, self.state),
+            "Create": (api.CreateTaskRequest, self.create),
+            "Start": (api.StartRequest, self.start),
+            "Delete": (api.DeleteRequest, self.delete),
+            "Pids": (api.PidsRequest, self.pids),
+            "Pause": (api.PauseRequest, self.pause),
+            "Resume": (api.ResumeRequest, self.resume),
+            "Checkpoint": (api.CheckpointTaskRequest, self.checkpoint),
+            "Kill": (api.KillRequest, self.kill),
+            "Exec": (api.ExecProcessRequest, self.exec),
+            "ResizePty": (api.ResizePtyRequest, self.resize_pty),
+            "CloseIO": (api.CloseIORequest, self.close_io),
+            "Update": (api.UpdateTaskRequest, self.update),
+            "Wait": (api.WaitRequest, self.wait),
+            "Stats": (api.StatsRequest, self.stats),
+            "Connect": (api.ConnectRequest, self.connect),
+            "Shutdown": (api.ShutdownRequest, self.shutdown),
+        }
+
+    def _publish(self, topic: str, event: Message) -> None:
+        self.publisher.publish(topic, event)
+
+    def _container(self, id: str) -> Container:
+        with self._lock:
+            c = self._containers.get(id)
+        if c is None:
+            raise NotFound(f"container {id}: not created")
+        return c
+
+    def _begin_start(self) -> None:
+        with self._lock:
+            self._starting += 1
+
+    def _end_start(self, c: Container | None, p: Process | None) -> Exit | None:
+        """A start is over: register the pid; the exit reaped before, if any."""
+        with self._lock:
+            self._starting -= 1
+            early = None
+            if c is not None and p is not None and p.pid:
+                self._by_pid[p.pid] = (c, p)
+                early = self._early.pop(p.pid, None)
+                if early is not None:
+                    del self._by_pid[p.pid]
+            if self._starting == 0:
+                self._early.clear()
+        return early
+
+    # -- exits ---------------------------------------------------------------
+
+    def on_exit(self, e: Exit) -> None:
+        """Called by the reaper for every exit it did not start itself; never blocks."""
+        with self._lock:
+            found = self._by_pid.pop(e.pid, None)
+            if found is None:
+                if self._starting:
+                    self._early[e.pid] = e
+                return
+        self._exited(found[0], found[1], e)
+
+    def _exited(self, c: Container, p: Process, e: Exit) -> None:
+        # A thread per exit: it may run the runtime (kill --all), whose own
+        # exit only the reaper can collect, and it waits for the output.
+        threading.Thread(
+            target=self._finish_exit, args=(c, p, e), name=f"exit-{e.pid}", daemon=True
+        ).start()
+
+    def _finish_exit(self, c: Container, p: Process, e: Exit) -> None:
+        if p is c.init and c.kill_all_on_exit:
+            c.init.kill_all()
+        p.wait_output()
+        p.set_exited(e.status, e.timestamp_ns)
+        log.debug(f"process {p.id} (pid {e.pid}) exited with status {e.status}")
+        with self._events:
+            self._publish(
+                TASK_EXIT,
+                events.TaskExit(
+                    container_id=c.id,
+                    id=p.id,
+                    pid=e.pid,
+                    exit_status=e.status,
+                    exited_at=timestamp(e.timestamp_ns),
+                ),
+            )
+
+    # -- the task API --------------------------------------------------------
+
+    def create(self, req: api.CreateTaskRequest, ctx: Context) -> api.CreateTaskResponse:
+        validate_id("container id", req.id)
+        if req.checkpoint:
+            from dockyard.errors import Unsupported
+
+            raise Unsupported(f"create {req.id} from a checkpoint: checkpoints are not supported")
+        if not req.bundle or not os.path.isabs(req.bundle):
+            raise InvalidArgument(f"create {req.id}: bundle {req.bundle!r} is not an absolute path")
+        if not os.path.isdir(req.bundle):
+            raise NotFound(f"create {req.id}: bundle {req.bundle} does not exist")
+        options = shim_options.parse(req.options if req.HasField("options") else None)
+        from dockyard.spec.mount import Mount
+
+        mounts = [
+            Mount(type=m.type, source=m.source, options=list(m.options), target=m.target)
+            for m in req.rootfs
+        ]
+        stdio = Stdio(req.stdin, req.stdout, req.stderr, req.terminal)
+        with self._lock:
+            if req.id in self._containers or req.id in self._creating:
+                raise AlreadyExists(f"container {req.id}: already created")
+            self._creating.add(req.id)
+            self._starting += 1
+        c: Container | None = None
+        try:
+            c = Container.create(
+                req.id, req.bundle, self.namespace, stdio, mounts, options, self.launcher
+            )
+        finally:
+            with self._lock:
+                self._creating.discard(req.id)
+                if c is not None:
+                    self._containers[req.id] = c
+            early = self._end_start(c, c.init if c is not None else None)
+        try:
+            from dockyard.shim.stats import cgroup_paths
+
+            c.cgroup_paths = cgroup_paths(c.init.pid)
+        except Exception as e:
+            log.warn(f"cgroup of {req.id}: {e}")
+        with self._events:
+            self._publish(
+                TASK_CREATE,
+                events.TaskCreate(
+                    container_id=req.id,
+                    bundle=req.bundle,
+                    rootfs=req.rootfs,
+                    io=events.TaskIO(
+                        stdin=req.stdin,
+                        stdout=req.stdout,
+                        stderr=req.stderr,
+                        terminal=req.terminal,
+                    ),
+                    checkpoint=req.checkpoint,
+                    pid=c.init.pid,
+                ),
+            )
+        if early is not None:
+            self._exited(c, c.init, early)
+        return api.CreateTaskResponse(pid=c.init.pid)
+
+    def start(self, req: api.StartRequest, ctx: Context) -> api.StartResponse:
+        c = self._container(req.id)
+        p = c.process(req.exec_id)
+        with self._events:
+            if isinstance(p, Exec):
+                self._begin_start()
+                early = None
+                try:
+                    p.start()
+                finally:
+                    early = self._end_start(c, p)
+                self._publish(
+                    TASK_EXEC_STARTED,
+                    events.TaskExecStarted(container_id=c.id, exec_id=p.exec_id, pid=p.pid),
+                )
+                if early is not None:
+                    self._exited(c, p, early)
+            else:
+                p.start()
+                self._publish(TASK_START, events.TaskStart(container_id=c.id, pid=p.pid))
+        return api.StartResponse(pid=p.pid)
+
+    def delete(self, req: api.DeleteRequest, ctx: Context) -> api.DeleteResponse:
+        c = self._container(req.id)
+        p = c.process(req.exec_id)
+        p.delete()
+        with self._lock:
+            if self._by_pid.get(p.pid, (None, None))[1] is p:
+                del self._by_pid[p.pid]
+            if isinstance(p, Exec):
+                c.remove_exec(p.exec_id)
+            else:
+                self._containers.pop(c.id, None)
+        if isinstance(p, Init):
+            with self._events:
+                self._publish(
+                    TASK_DELETE,
+                    events.TaskDelete(
+                        container_id=c.id,
+                        pid=p.pid,
+                        exit_status=p.exit_status,
+                        exited_at=timestamp(p.exited_at_ns),
+                    ),
+                )
+        return api.DeleteResponse(
+            pid=p.pid, exit_status=p.exit_status, exited_at=timestamp(p.exited_at_ns)
+        )
+
+    def exec(self, req: api.ExecProcessRequest, ctx: Context) -> empty_pb2.Empty:
+        c = self._container(req.id)
+        state = c.init.status()
+        if state not in ("created", "running"):
+            raise FailedPrecondition(f"cannot exec in container {req.id}: it is {state}")
+        from dockyard.api import typeurl
+
+        if not req.HasField("spec") or req.spec.type_url != typeurl.PROCESS:
+            raise InvalidArgument(
+                f"exec {req.exec_id}: spec must be a {typeurl.PROCESS}, "
+                f"not {req.spec.type_url or 'nothing'!r}"
+            )
+        spec = typeurl.unpack(req.spec)
+        if not isinstance(spec, dict):
+            raise InvalidArgument(f"exec {req.exec_id}: spec is not a JSON object")
+        stdio = Stdio(req.stdin, req.stdout, req.stderr, req.terminal)
+        p = c.add_exec(req.exec_id, stdio, spec)
+        self._publish(TASK_EXEC_ADDED, events.TaskExecAdded(container_id=c.id, exec_id=p.exec_id))
+        return _EMPTY
+
+    def state(self, req: api.StateRequest, ctx: Context) -> api.StateResponse:
+        c = self._container(req.id)
+        p = c.process(req.exec_id)
+        status = p.status()
+        return api.StateResponse(
+            id=p.id,
+            bundle=c.bundle,
+            pid=p.pid,
+            status=_STATUS.get(status, task_types.UNKNOWN),
+            stdin=p.stdio.stdin,
+            stdout=p.stdio.stdout,
+            stderr=p.stdio.stderr,
+            terminal=p.stdio.terminal,
+            exit_status=p.exit_status,
+            exited_at=timestamp(p.exited_at_ns),
+            exec_id=req.exec_id,
+        )
+
+    def pids(self, req: api.PidsRequest, ctx: Context) -> api.PidsResponse:
+        c = self._container(req.id)
+        pids = c.init.runtime.ps(c.id)
+        by_pid = {p.pid: p for p in c.execs() if p.pid}
+        out = api.PidsResponse()
+        for pid in pids:
+            info = out.processes.add(pid=pid)
+            p = by_pid.get(pid)
+            if p is not None:
+                from dockyard.api import typeurl
+                from dockyard.api.runc.options import oci_pb2
+
+                info.info.CopyFrom(typeurl.pack(oci_pb2.ProcessDetails(exec_id=p.exec_id)))
+        return out
+
+    def pause(self, req: api.PauseRequest, ctx: Context) -> empty_pb2.Empty:
+        c = self._container(req.id)
+        c.init.pause()
+        self._publish(TASK_PAUSED, events.TaskPaused(container_id=c.id))
+        return _EMPTY
+
+    def resume(self, req: api.ResumeRequest, ctx: Context) -> empty_pb2.Empty:
+        c = self._container(req.id)
+        c.init.resume()
+        self._publish(TASK_RESUMED, events.TaskResumed(container_id=c.id))
+        return _EMPTY
+
+    def checkpoint(self, req: api.CheckpointTaskRequest, ctx: Context) -> empty_pb2.Empty:
+        from dockyard.errors import Unsupported
+
+        self._container(req.id)
+        raise Unsupported(f"checkpoint {req.id}: checkpoints are not supported by this shim")
+
+    def kill(self, req: api.KillRequest, ctx: Context) -> empty_pb2.Empty:
+        c = self._container(req.id)
+        p = c.process(req.exec_id)
+        if req.signal <= 0 or req.signal > 64:
+            raise InvalidArgument(f"kill {p.id}: invalid signal {req.signal}")
+        p.kill(req.signal, req.all)
+        return _EMPTY
+
+    def resize_pty(self, req: api.ResizePtyRequest, ctx: Context) -> empty_pb2.Empty:
+        c = self._container(req.id)
+        c.process(req.exec_id).resize(req.width, req.height)
+        return _EMPTY
+
+    def close_io(self, req: api.CloseIORequest, ctx: Context) -> empty_pb2.Empty:
+        c = self._container(req.id)
+        p = c.process(req.exec_id)
+        if req.stdin:
+            p.close_io()
+        return _EMPTY
+
+    def update(self, req: api.UpdateTaskRequest, ctx: Context) -> empty_pb2.Empty:
+        c = self._container(req.id)
+        if not req.HasField("resources"):
+            raise InvalidArgument(f"update {req.id}: no resources given")
+        from dockyard.api import typeurl
+
+        if req.resources.type_url != typeurl.LINUX_RESOURCES:
+            raise InvalidArgument(
+                f"update {req.id}: resources must be a {typeurl.LINUX_RESOURCES}, "
+                f"not {req.resources.type_url!r}"
+            )
+        c.init.update(req.resources.value)
+        return _EMPTY
+
+    def wait(self, req: api.WaitRequest, ctx: Context) -> api.WaitResponse:
+        c = self._container(req.id)
+        p = c.process(req.exec_id)
+        p.wait()
+        return api.WaitResponse(exit_status=p.exit_status, exited_at=timestamp(p.exited_at_ns))
+
+    def stats(self, req: api.StatsRequest, ctx: Context) -> api.StatsResponse:
+        c = self._container(req.id)
+        if not c.cgroup_paths:
+            raise NotFound(f"stats of {req.id}: cgroup does not exist")
+        from dockyard.api import typeurl
+        from dockyard.shim import stats
+
+        metrics = stats.metrics(stats.manager(c.cgroup_paths))
+        return api.StatsResponse(stats=typeurl.pack(metrics))
+
+    def connect(self, req: api.ConnectRequest, ctx: Context) -> api.ConnectResponse:
+        with self._lock:
+            c = self._containers.get(req.id)
+        return api.ConnectResponse(
+            shim_pid=os.getpid(), task_pid=c.init.pid if c is not None else 0
+        )
+
+    def shutdown(self, req: api.ShutdownRequest, ctx: Context) -> empty_pb2.Empty:
+        with self._lock:
+            busy = bool(self._containers or self._creating)
+        if busy and not req.now:
+            return _EMPTY  # still serving containers: containerd asks again later
+        self._shutdown()
+        return _EMPTY
+
+    # -- for the server's end --------------------------------------------------
+
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._containers and not self._creating
+
+    def wait_exits(self, timeout: float) -> None:
+        """Give exits being handled a moment to publish (the shim is ending)."""
+        deadline = time.monotonic() + timeout
+        for t in threading.enumerate():
+            if t.name.startswith("exit-"):
+                t.join(max(0.0, deadline - time.monotonic()))

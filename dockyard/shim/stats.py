@@ -1,0 +1,209 @@
+"""A task's cgroup statistics as containerd's ``Metrics`` messages.
+
+The cgroup of a container is found from its init's ``/proc/<pid>/cgroup``
+(as containerd's runc shim loads it by pid) when the task is created, and
+read with the runtime's cgroup managers, whose ``stats()`` has the shape of
+runc's ``events --stats``. That is turned into ``io.containerd.cgroups.v1.Metrics``
+on a v1 (or hybrid) host and ``io.containerd.cgroups.v2.Metrics`` on a
+unified one, the types containerd's Stats and Metrics APIs carry.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from dockyard.errors import NotFound
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from google.protobuf.message import Message
+
+    from dockyard.runtime.cgroups import CgroupManager
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+# memory.stat keys of cgroup v1 -> MemoryStat fields where the names differ.
+_V1_MEMORY_RENAMES = {
+    "pgpgin": "pg_pg_in",
+    "pgpgout": "pg_pg_out",
+    "pgfault": "pg_fault",
+    "pgmajfault": "pg_maj_fault",
+    "hierarchical_memsw_limit": "hierarchical_swap_limit",
+    "total_pgpgin": "total_pg_pg_in",
+    "total_pgpgout": "total_pg_pg_out",
+    "total_pgfault": "total_pg_fault",
+    "total_pgmajfault": "total_pg_maj_fault",
+}
+_V1_BLKIO = {
+    "ioServiceBytesRecursive": "io_service_bytes_recursive",
+    "ioServicedRecursive": "io_serviced_recursive",
+    "ioQueueRecursive": "io_queued_recursive",
+    "ioServiceTimeRecursive": "io_service_time_recursive",
+    "ioWaitTimeRecursive": "io_wait_time_recursive",
+    "ioMergedRecursive": "io_merged_recursive",
+    "ioTimeRecursive": "io_time_recursive",
+    "sectorsRecursive": "sectors_recursive",
+}
+
+
+def cgroup_paths(pid: int, root: str = CGROUP_ROOT) -> dict[str, str]:
+    """controller -> cgroup directory of process ``pid`` ("" is the cgroup2 one)."""
+    from dockyard.runtime import cgroups
+
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            own = cgroups.parse_proc_cgroup(f.read())
+    except OSError as e:
+        raise NotFound(f"cgroup of process {pid}: {e.strerror}") from None
+    v2 = cgroups.detect_mode(root) == "v2"
+    out: dict[str, str] = {}
+    for h in cgroups.hierarchies(root):
+        if v2 != (h.controllers == ("",)):
+            continue  # a hybrid host's v2 tree holds no controllers we report
+        for c in h.controllers:
+            path = own.get(c)
+            if path is None:
+                continue
+            # /proc/<pid>/cgroup is relative to the hierarchy's root; the mount
+            # may show only a subtree of it.
+            if h.root != "/" and (path == h.root or path.startswith(h.root + "/")):
+                path = path[len(h.root) :]
+            out[c] = posixpath.normpath(h.mountpoint.rstrip("/") + "/" + path.lstrip("/"))
+    return out
+
+
+def manager(paths: dict[str, str], root: str = CGROUP_ROOT) -> CgroupManager:
+    from dockyard.runtime.cgroups import load_manager
+
+    return load_manager(paths, root)
+
+
+def metrics(cg: CgroupManager) -> Message:
+    """The cgroup's statistics as the Metrics message of its cgroup version."""
+    if not cg.exists():
+        raise NotFound("cgroup does not exist")
+    data = cg.stats()
+    if cg.version == 2:
+        return _v2(data)
+    return _v1(data)
+
+
+def _u(v: Any) -> int:
+    """A uint64 field's value (runc's stats may hold negatives for "unlimited")."""
+    try:
+        n = int(v)
+    except (TypeError, ValueError):
+        return 0
+    return n if 0 <= n < 1 << 64 else 0
+
+
+def _v1(data: dict[str, Any]) -> Message:
+    from dockyard.api.cgroups.v1 import metrics_pb2 as m
+
+    out = m.Metrics()
+    cpu = data.get("cpu", {})
+    usage = cpu.get("usage", {})
+    out.cpu.usage.total = _u(usage.get("total"))
+    out.cpu.usage.kernel = _u(usage.get("kernel"))
+    out.cpu.usage.user = _u(usage.get("user"))
+    out.cpu.usage.per_cpu.extend(_u(x) for x in usage.get("percpu", []))
+    thr = cpu.get("throttling", {})
+    out.cpu.throttling.periods = _u(thr.get("periods"))
+    out.cpu.throttling.throttled_periods = _u(thr.get("throttledPeriods"))
+    out.cpu.throttling.throttled_time = _u(thr.get("throttledTime"))
+
+    mem = data.get("memory", {})
+    fields = set(m.MemoryStat.DESCRIPTOR.fields_by_name)
+    for key, value in mem.get("raw", {}).items():
+        name = _V1_MEMORY_RENAMES.get(key, key)
+        if name in fields and name not in ("usage", "swap", "kernel", "kernel_tcp"):
+            setattr(out.memory, name, _u(value))
+    for key, name in (
+        ("usage", "usage"),
+        ("swap", "swap"),
+        ("kernel", "kernel"),
+        ("kernelTCP", "kernel_tcp"),
+    ):
+        entry = mem.get(key, {})
+        target = getattr(out.memory, name)
+        target.limit = _u(entry.get("limit"))
+        target.usage = _u(entry.get("usage"))
+        target.max = _u(entry.get("max"))
+        target.failcnt = _u(entry.get("failcnt"))
+
+    pids = data.get("pids", {})
+    out.pids.current = _u(pids.get("current"))
+    out.pids.limit = _u(pids.get("limit"))
+
+    blkio = data.get("blkio", {})
+    for key, name in _V1_BLKIO.items():
+        for e in blkio.get(key, []):
+            getattr(out.blkio, name).add(
+                op=str(e.get("op", "")),
+                major=_u(e.get("major")),
+                minor=_u(e.get("minor")),
+                value=_u(e.get("value")),
+            )
+    for size, e in sorted(data.get("hugetlb", {}).items()):
+        out.hugetlb.add(
+            pagesize=size,
+            usage=_u(e.get("usage")),
+            max=_u(e.get("max")),
+            failcnt=_u(e.get("failcnt")),
+        )
+    return out
+
+
+def _v2(data: dict[str, Any]) -> Message:
+    from dockyard.api.cgroups.v2 import metrics_pb2 as m
+
+    out = m.Metrics()
+    cpu = data.get("cpu", {})
+    usage = cpu.get("usage", {})
+    thr = cpu.get("throttling", {})
+    # runc's shape has nanoseconds; cpu.stat (and this message) microseconds.
+    out.cpu.usage_usec = _u(usage.get("total")) // 1000
+    out.cpu.user_usec = _u(usage.get("user")) // 1000
+    out.cpu.system_usec = _u(usage.get("kernel")) // 1000
+    out.cpu.nr_periods = _u(thr.get("periods"))
+    out.cpu.nr_throttled = _u(thr.get("throttledPeriods"))
+    out.cpu.throttled_usec = _u(thr.get("throttledTime")) // 1000
+
+    mem = data.get("memory", {})
+    fields = set(m.MemoryStat.DESCRIPTOR.fields_by_name)
+    for key, value in mem.get("raw", {}).items():
+        if key in fields:
+            setattr(out.memory, key, _u(value))
+    use = mem.get("usage", {})
+    out.memory.usage = _u(use.get("usage"))
+    out.memory.usage_limit = _u(use.get("limit"))
+    swap = mem.get("swap", {})
+    # runc's swap entry counts memory+swap, as v1 did; the message has swap alone.
+    out.memory.swap_usage = max(0, _u(swap.get("usage")) - out.memory.usage)
+    out.memory_events.max = _u(use.get("failcnt"))
+
+    pids = data.get("pids", {})
+    out.pids.current = _u(pids.get("current"))
+    out.pids.limit = _u(pids.get("limit"))
+
+    devices: dict[tuple[int, int], Any] = {}
+    blkio = data.get("blkio", {})
+    for key, (read, write) in (
+        ("ioServiceBytesRecursive", ("rbytes", "wbytes")),
+        ("ioServicedRecursive", ("rios", "wios")),
+    ):
+        for e in blkio.get(key, []):
+            dev = (_u(e.get("major")), _u(e.get("minor")))
+            entry = devices.get(dev)
+            if entry is None:
+                entry = devices[dev] = out.io.usage.add(major=dev[0], minor=dev[1])
+            op = e.get("op")
+            if op == "Read":
+                setattr(entry, read, _u(e.get("value")))
+            elif op == "Write":
+                setattr(entry, write, _u(e.get("value")))
+    for size, e in sorted(data.get("hugetlb", {}).items()):
+        out.hugetlb.add(pagesize=size, current=_u(e.get("usage")), max=_u(e.get("max")))
+    return out
