@@ -27,6 +27,8 @@ from typing import Any, NamedTuple
 
 from dockyard.client import seccomp_default
 from dockyard.errors import InvalidArgument
+from dockyard.runtime import libc
+from dockyard.runtime.rootfs import secure_join
 from dockyard.spec.image import ImageConfig, host_platform
 from dockyard.spec.runtime import CAPABILITIES, DOCKER_DEFAULT_CAPABILITIES, OCI_VERSION
 
@@ -88,8 +90,6 @@ def read_rootfs_file(rootfs: str, path: str, limit: int = MAX_USER_FILE_SIZE) ->
 
 def _open_in_root(root_fd: int, rootfs: str, path: str) -> int:
     """An O_PATH descriptor of ``path`` resolved inside the root."""
-    from dockyard.runtime import libc
-
     rel = path.lstrip("/") or "."
     try:
         return libc.openat2(
@@ -100,8 +100,6 @@ def _open_in_root(root_fd: int, rootfs: str, path: str) -> int:
             raise
     # Kernels before 5.6 (or a seccomp filter that hides openat2): resolve by
     # hand, open without following a last symlink, and check where it landed.
-    from dockyard.runtime.rootfs import secure_join
-
     real_root = os.path.realpath(rootfs)
     target = secure_join(real_root, path)
     fd = os.open(target, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -331,7 +329,9 @@ def docker_capabilities(
     if "ALL" in drop:
         return [c for c in add if c != "ALL"]
     caps = [c for c in DOCKER_DEFAULT_CAPABILITIES if c not in drop]
-    return caps + [c for c in add if c not in caps]
+    # each once (dockerd lists one added twice if it was there already; the
+    # runtime grants the same either way)
+    return caps + [c for c in dict.fromkeys(add) if c not in caps]
 
 
 # ---------------------------------------------------------------------------

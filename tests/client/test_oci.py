@@ -10,6 +10,7 @@ compared with the config.json a real dockerd writes for the same image and
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ import pytest
 from dockyard.client import oci
 from dockyard.client.oci import User, docker_default_spec, resolve_user, seccomp_profile
 from dockyard.errors import InvalidArgument
+from dockyard.runtime import libc
 from dockyard.spec.image import parse_image_config
 from dockyard.spec.runtime import (
     CAPABILITIES,
@@ -71,8 +73,21 @@ HOST_PASSWD = "evil:x:4242:4242:escaped:/evil:/bin/sh\nroot:x:0:0:host root:/hos
 HOST_GROUP = "evil:x:4242:alice\nroot:x:0:alice\n"
 
 
+@pytest.fixture(params=["openat2", "by-hand"])
+def resolution(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of resolving inside the rootfs: openat2(RESOLVE_IN_ROOT), and
+    the walk by hand for kernels without it."""
+    if request.param == "by-hand":
+
+        def no_openat2(*args: object, **kw: object) -> int:
+            raise OSError(errno.ENOSYS, "openat2: function not implemented")
+
+        monkeypatch.setattr(libc, "openat2", no_openat2)
+    return str(request.param)
+
+
 @pytest.fixture
-def rootfs(tmp_path: Path) -> Path:
+def rootfs(tmp_path: Path, resolution: str) -> Path:
     root = tmp_path / "rootfs"
     (root / "etc").mkdir(parents=True)
     (root / "etc" / "passwd").write_text(PASSWD)
