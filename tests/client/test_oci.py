@@ -616,7 +616,7 @@ def test_spec_runs_busybox(either_runtime: Runtime, bundle: Bundle) -> None:
         "0 65534",
         "/root",
         "/tmp",
-        out[4],
+        bundle.config["hostname"],
         "from-image",
         f"CapEff:\t{mask:016x}",
         f"CapBnd:\t{mask:016x}",
@@ -625,7 +625,7 @@ def test_spec_runs_busybox(either_runtime: Runtime, bundle: Bundle) -> None:
         # unshare needs CAP_SYS_ADMIN under Docker's profile
         "unshare-refused",
     ]
-    assert bundle.config["hostname"] == out[4]
+    assert len(bundle.config["hostname"]) == 12
 
 
 def test_spec_runs_busybox_unconfined_as_nobody(either_runtime: Runtime, bundle: Bundle) -> None:
