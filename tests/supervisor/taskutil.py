@@ -158,6 +158,11 @@ def wait_for_status(runner: Runner, cid: str, status: str, timeout: float = 20) 
     host.wait_for(lambda: runner.sup.tasks().get(cid) == status, timeout, f"task {cid} {status}")
 
 
+def shim_pids(cid: str) -> list[int]:
+    """Live shims of task ``cid``: a shim's command line names it ("-id <cid>")."""
+    return [pid for pid in host.pids_mentioning(f"-id {cid} ") if host.alive(pid)]
+
+
 def grpc_code(call: Any) -> grpc.StatusCode:
     """The status code a gRPC call fails with (the test fails if it succeeds)."""
     try:

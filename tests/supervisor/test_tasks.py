@@ -38,6 +38,7 @@ from tests.supervisor.taskutil import (
     Runner,
     grpc_code,
     runner_for,
+    shim_pids,
     wait_for_status,
 )
 
@@ -51,11 +52,6 @@ def runner(supervisor: Supervisor, request: pytest.FixtureRequest) -> Iterator[R
 def runc(supervisor: Supervisor) -> Iterator[Runner]:
     """The reference pair only: for what does not depend on the runtime."""
     yield from runner_for(supervisor, (RUNC_SHIM, "runc"))
-
-
-def shim_pids(cid: str) -> list[int]:
-    # A shim's command line names its task: "-id <cid>".
-    return [pid for pid in host.pids_mentioning(f"-id {cid} ") if host.alive(pid)]
 
 
 def test_start_prints_the_output_and_passes_the_exit_code(runner: Runner) -> None:

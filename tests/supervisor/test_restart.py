@@ -1,0 +1,158 @@
+"""Containers outlive the supervisor, and a restarted supervisor finds them again.
+
+The supervisor is stopped (SIGTERM) or killed (SIGKILL) while tasks run:
+their shims and processes go on. Started again on the same root and state,
+it reconnects to each shim through its bundle's ``address`` file and lists
+the tasks as they are; a task that exited meanwhile is STOPPED with its exit
+status. A shim that died is cleaned up through its binary's ``delete``
+(containerd's cleanupAfterDeadShim), whether it died while the supervisor
+was down or under its eyes, and its exit is published.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from dockyard.api.services.tasks.v1 import tasks_pb2
+from dockyard.api.types.task import task_pb2
+from tests.compat import host
+from tests.supervisor.conftest import Supervisor
+from tests.supervisor.taskutil import (
+    RUNC_SHIM,
+    RUNTIMES,
+    EventLog,
+    Runner,
+    runner_for,
+    shim_pids,
+    wait_for_status,
+)
+
+# Exits with 3 on SIGTERM (as pid 1 it ignores signals it has no handler for).
+EXIT_3_ON_TERM = ["sh", "-c", "trap 'exit 3' TERM; while true; do sleep 0.1; done"]
+
+
+@pytest.fixture(params=RUNTIMES)
+def runner(supervisor: Supervisor, request: pytest.FixtureRequest) -> Iterator[Runner]:
+    yield from runner_for(supervisor, request.param)
+
+
+@pytest.fixture
+def runc(supervisor: Supervisor) -> Iterator[Runner]:
+    yield from runner_for(supervisor, (RUNC_SHIM, "runc"))
+
+
+def task_pid(runner: Runner, cid: str) -> int:
+    return int(runner.get(cid).process.pid)
+
+
+def gone(pid: int) -> bool:
+    return not host.alive(pid)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_tasks_outlive_the_supervisor(runner: Runner, sig: signal.Signals) -> None:
+    sup = runner.sup
+    running = runner.container("sleep", "1000")
+    exiting = runner.container(*EXIT_3_ON_TERM)
+    for cid in (running, exiting):
+        runner.start(cid, detach=True)
+    pids = {cid: task_pid(runner, cid) for cid in (running, exiting)}
+    shims = {cid: shim_pids(cid) for cid in (running, exiting)}
+
+    sup.kill(sig)
+    assert all(host.alive(pid) for pid in pids.values())
+    assert all(len(s) == 1 and host.alive(s[0]) for s in shims.values()), shims
+    # one container exits while nobody listens
+    os.kill(pids[exiting], signal.SIGTERM)
+    host.wait_for(lambda: gone(pids[exiting]), 20, "the container to exit")
+    sup.start()
+
+    assert sup.tasks() == {running: "RUNNING", exiting: "STOPPED"}
+    assert task_pid(runner, running) == pids[running]
+    # the reconnected shims take requests as before
+    p = runner.exec(running, "after", "echo", "still here")
+    assert (p.returncode, p.stdout) == (0, "still here\n"), p.stderr
+    api, md = runner.tasks_api(), sup.md()
+    deleted = api.Delete(tasks_pb2.DeleteTaskRequest(container_id=exiting), metadata=md)
+    assert (deleted.pid, deleted.exit_status) == (pids[exiting], 3)
+    assert not runner.bundle(exiting).exists()
+    runner.ctr("task", "kill", "--signal", "SIGKILL", running)
+    wait_for_status(runner, running, "STOPPED")
+    runner.ctr("task", "delete", running)
+    host.wait_for(
+        lambda: not shim_pids(running) and not shim_pids(exiting), 10, "the shims to exit"
+    )
+
+
+def test_a_shim_that_died_while_the_supervisor_was_down_is_cleaned_up(runc: Runner) -> None:
+    sup = runc.sup
+    cid = runc.container("sleep", "1000")
+    runc.start(cid, detach=True)
+    pid = task_pid(runc, cid)
+    socket_path = (runc.bundle(cid) / "address").read_text().removeprefix("unix://")
+    (shim,) = shim_pids(cid)
+
+    sup.kill(signal.SIGKILL)
+    os.kill(shim, signal.SIGKILL)
+    host.wait_for(lambda: gone(shim), 10, "the shim to die")
+    assert host.alive(pid)  # the container outlives its shim
+    sup.start()
+
+    # the shim's delete ended the container; the task, bundle and socket are gone
+    assert cid not in sup.tasks()
+    host.wait_for(lambda: gone(pid), 10, "the container to be ended")
+    assert not runc.bundle(cid).exists()
+    assert not runc.work_dir(cid).exists()
+    assert not os.path.exists(socket_path)
+    # the container record stays, and takes a new task
+    runc.start(cid, detach=True)
+    assert sup.tasks()[cid] == "RUNNING"
+
+
+def test_a_shim_that_dies_is_cleaned_up_and_its_exit_published(runc: Runner) -> None:
+    events = EventLog(runc.sup, 'topic~="^/tasks/"').start()
+    try:
+        cid = runc.container("sleep", "1000")
+        runc.start(cid, detach=True)
+        pid = task_pid(runc, cid)
+        socket_path = (runc.bundle(cid) / "address").read_text().removeprefix("unix://")
+        (shim,) = shim_pids(cid)
+        os.kill(shim, signal.SIGKILL)
+
+        exit_ = events.wait(cid, "/tasks/exit")
+        deleted = events.wait(cid, "/tasks/delete")
+        # runc's shim reports the container it ended with SIGKILL
+        assert (exit_.id, exit_.pid, exit_.exit_status) == (cid, pid, 137)
+        assert (deleted.pid, deleted.exit_status) == (pid, 137)
+        host.wait_for(lambda: cid not in runc.sup.tasks(), 10, "the task to go")
+        assert gone(pid)
+        assert not runc.bundle(cid).exists()
+        assert not os.path.exists(socket_path)
+        # every other call now says the task is not there
+        got = runc.ctr("task", "kill", cid, check=False)
+        assert got.returncode != 0 and "not found" in got.stderr
+    finally:
+        events.close()
+
+
+def test_a_created_task_is_found_again(runc: Runner) -> None:
+    sup = runc.sup
+    cid = runc.container("sleep", "1000")
+    api, md = runc.tasks_api(), sup.md()
+    api.Create(tasks_pb2.CreateTaskRequest(container_id=cid), metadata=md)
+    sup.kill(signal.SIGKILL)
+    sup.start()
+    assert runc.get(cid).process.status == task_pb2.CREATED
+    api = runc.tasks_api()
+    api.Start(tasks_pb2.StartRequest(container_id=cid), metadata=md)
+    assert runc.get(cid).process.status == task_pb2.RUNNING
+    api.Kill(tasks_pb2.KillRequest(container_id=cid, signal=9), metadata=md)
+    assert (
+        api.Wait(tasks_pb2.WaitRequest(container_id=cid), metadata=md, timeout=30).exit_status
+        == 137
+    )
+    api.Delete(tasks_pb2.DeleteTaskRequest(container_id=cid), metadata=md)
