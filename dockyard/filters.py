@@ -9,7 +9,8 @@ of filter strings is a set of alternatives: any one matching is enough.
     value     = a run of characters up to "," or a space, or "quoted";
                 after "~=" also /quoted/ or |quoted| (a regular expression)
 
-Quoted strings take Go's escapes (``\\n``, ``\\"``, ``\\x41``, ...); inside
+The empty string matches everything (as in containerd: ``ctr content active``
+sends one). Quoted strings take Go's escapes (``\\n``, ``\\"``, ``\\x41``, ...); inside
 ``/.../`` and ``|...|`` an unknown escape is kept as written, so regular
 expressions like ``/^a\\d+$/`` mean what they say. Examples::
 
@@ -176,8 +177,8 @@ class _Parser:
         return Condition(tuple(path), op, value, regex)
 
     def parse(self) -> list[Condition]:
-        if not self.text.strip():
-            raise InvalidArgument("filter: empty")
+        if not self.text:
+            return []  # containerd: the empty filter matches everything
         out = [self.condition()]
         while True:
             ch = self.peek()
@@ -196,7 +197,7 @@ def parse_filter(text: str) -> list[Condition]:
 
 def matcher(filters: Iterable[str]) -> Matcher:
     """A predicate over getters: true if any filter matches (all, when there is none)."""
-    parsed = [parse_filter(f) for f in filters]  # an empty string is an error, as in containerd
+    parsed = [parse_filter(f) for f in filters]
     if not parsed:
         return lambda get: True
     return lambda get: any(all(c.matches(get) for c in conds) for conds in parsed)

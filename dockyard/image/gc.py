@@ -9,12 +9,13 @@ containerd's model (``docs/garbage-collection.md``). The roots are:
   names) in every snapshotter;
 - what an unexpired lease holds (``leases.py``); expired leases are deleted;
 - blobs and snapshots labelled ``containerd.io/gc.root`` (or ``dockyard.io/gc.root``);
-- ``extra_roots``: what a caller knows is in use (the supervisor's container
-  records: their snapshots).
+- ``extra_roots``: what a caller knows is in use; ``mark_roots(marker)`` for
+  what it knows per namespace (the supervisor's containers: their snapshots
+  and labels).
 
 From every kept resource the references in its labels are followed:
 ``containerd.io/gc.ref.content`` and ``containerd.io/gc.ref.content.<any>``
-(a digest), ``containerd.io/gc.ref.snapshot.<snapshotter>`` (optionally
+(or ``.../<any>``; a digest), ``containerd.io/gc.ref.snapshot.<snapshotter>`` (optionally
 ``.../<any>``; a key, tried in the referrer's namespace first). A kept
 snapshot keeps its parent chain. A lease labelled ``containerd.io/gc.flat``
 keeps what it lists but not what their labels refer to.
@@ -22,6 +23,13 @@ keeps what it lists but not what their labels refer to.
 The sweep deletes every other blob, removes every other snapshot, children
 before parents (active ones too: only a lease or a container keeps those),
 and aborts ingests untouched for ``ingest_age`` that no lease holds.
+
+Namespaced content (the supervisor's, as containerd's metadata): with
+``records`` (namespace -> blob, with that namespace's labels) a blob is kept
+per namespace through that namespace's labels; a record nothing keeps is
+removed, and a blob leaves the store once no namespace has a record of it.
+Snapshot references from a namespace then mean that namespace's snapshots
+only (``<namespace>/<key>``).
 
 A gc must not run while a pull is between fetching and recording: pull and
 unpack hold ``gc_lock(root, shared=True)`` and ``collect`` takes the same
@@ -35,19 +43,24 @@ API summary::
                      dry_run=False, ingest_age=timedelta(hours=24),
                      extra_roots=[Resource("snapshots/overlayfs", key)])
     report.blobs, report.bytes, report.snapshots, report.ingests, report.leases
+    collect(..., records=namespaced, mark_roots=lambda m: m.resource(res, namespace),
+            ingest_ref=lambda namespace, ref: f"{namespace}/{ref}")   # the supervisor
+    report.records                                  # (namespace, digest) taken out
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from dockyard.errors import DockyardError, FailedPrecondition, NotFound
 from dockyard.image.content import ContentStore
@@ -111,6 +124,7 @@ class Report:
 
     dry_run: bool = False
     blobs: list[str] = field(default_factory=list)
+    records: list[tuple[str, str]] = field(default_factory=list)  # namespaced: (namespace, digest)
     bytes: int = 0
     snapshots: list[tuple[str, str]] = field(default_factory=list)  # (snapshotter, key)
     ingests: list[str] = field(default_factory=list)
@@ -131,7 +145,7 @@ def _label_refs(labels: Mapping[str, str]) -> Iterator[tuple[str, str]]:
             if not key.startswith(prefix):
                 continue
             rest = key[len(prefix) :]
-            if rest == "content" or rest.startswith("content."):
+            if rest == "content" or rest.startswith(("content.", "content/")):
                 yield "content", value
             elif rest.startswith("snapshot."):
                 snapshotter = rest[len("snapshot.") :].split("/", 1)[0]
@@ -143,19 +157,41 @@ def _is_root(labels: Mapping[str, str]) -> bool:
     return any(labels.get(k) for k in ROOT_LABELS)
 
 
-class _Marker:
-    """The mark phase: everything reachable from the roots."""
+BlobKey = tuple[str, str]
+"""A blob as the marker knows it: (namespace, digest); the namespace is ""
+when the store's blobs and labels are shared by every namespace."""
+
+
+class BlobRecords(Protocol):
+    """Which namespace has which blob, with its labels there (the supervisor's
+    namespaced content, over the one backend store)."""
+
+    def walk_all(self) -> Iterable[tuple[str, BlobInfo]]: ...
+
+    def remove(self, namespace: str, digest: str) -> None: ...
+
+
+class Marker:
+    """The mark phase: everything reachable from the roots.
+
+    ``namespaced``: blobs are looked up per namespace (``blobs`` keyed by
+    (namespace, digest)) and a snapshot key ``k`` referred to from a
+    namespace is that namespace's ``<namespace>/k`` only.
+    """
 
     def __init__(
         self,
         content: ContentStore,
-        blobs: Mapping[str, BlobInfo],
+        blobs: Mapping[BlobKey, BlobInfo],
         snapshots: Mapping[str, Mapping[str, SnapshotInfo]],
+        *,
+        namespaced: bool = False,
     ) -> None:
         self.content = content
         self.blobs = blobs
         self.snapshots = snapshots
-        self.kept_blobs: set[str] = set()
+        self.namespaced = namespaced
+        self.kept_blobs: set[BlobKey] = set()
         self.kept_snapshots: set[tuple[str, str]] = set()
         self._seen: set[tuple[str, str, str]] = set()
         self._followed: set[tuple[str, str]] = set()  # snapshots whose labels were followed
@@ -170,12 +206,16 @@ class _Marker:
         self._queue.append((digest, namespace, role))
 
     def snapshot(self, snapshotter: str, key: str, namespace: str = "", flat: bool = False) -> None:
-        """Keep ``key`` (tried as ``<namespace>/<key>`` first) and its parents."""
+        """Keep ``key`` and its parents. From a namespace, ``key`` is tried as
+        ``<namespace>/<key>`` first (namespaced: only so); with no namespace
+        it is the snapshotter's own key."""
         infos = self.snapshots.get(snapshotter)
         if not infos:
             return
         candidates = [key]
-        if namespace and not key.startswith(namespace + "/"):
+        if self.namespaced and namespace:
+            candidates = [f"{namespace}/{key}"]
+        elif namespace and not key.startswith(namespace + "/"):
             candidates.insert(0, f"{namespace}/{key}")
         for k in candidates:
             if k in infos:
@@ -217,10 +257,11 @@ class _Marker:
                 continue
             self._seen.add(node)
             digest, namespace, role = node
-            info = self.blobs.get(digest)
+            key = (namespace if self.namespaced else "", digest)
+            info = self.blobs.get(key)
             if info is None:
                 continue  # a missing child: nothing to keep
-            self.kept_blobs.add(digest)
+            self.kept_blobs.add(key)
             if role == "flat":
                 continue
             self.labels(info.labels, namespace)
@@ -230,10 +271,7 @@ class _Marker:
                 self._config(digest, namespace)
 
     def _json(self, digest: str) -> dict[str, object] | None:
-        info = self.blobs[digest]
-        if info.size > MAX_MANIFEST_SIZE:
-            return None
-        try:
+        try:  # larger than a manifest may be: not one (read_bytes refuses it)
             obj = json.loads(self.content.read_bytes(digest, max_size=MAX_MANIFEST_SIZE))
         except (DockyardError, OSError, ValueError):
             return None
@@ -264,10 +302,10 @@ class _Marker:
         diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
         if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
             return
-        prefix = f"{namespace}/" if namespace else ""
+        prefix = f"{namespace}/" if namespace and not self.namespaced else ""
         for chain in chain_ids(diff_ids):
             for snapshotter in self.snapshots:
-                self.snapshot(snapshotter, prefix + chain)
+                self.snapshot(snapshotter, prefix + chain, namespace if self.namespaced else "")
 
 
 def _children_first(infos: Mapping[str, SnapshotInfo], keys: Iterable[str]) -> list[str]:
@@ -297,6 +335,9 @@ def collect(
     dry_run: bool = False,
     ingest_age: timedelta = DEFAULT_INGEST_AGE,
     extra_roots: Iterable[Resource] = (),
+    records: BlobRecords | None = None,
+    mark_roots: Callable[[Marker], None] | None = None,
+    ingest_ref: Callable[[str, str], str] | None = None,
     root: str | None = None,
     lock: bool = True,
     lock_timeout: float | None = None,
@@ -309,16 +350,33 @@ def collect(
     ``root`` is the store's directory, whose ``gc.lock`` is held exclusively
     throughout (default: the content store's parent, the CLI's layout);
     ``lock=False`` is for a caller that already holds it.
+
+    The supervisor's way (containerd's): ``records`` says which namespace has
+    which blob, with its labels there; the marker is then namespaced, a
+    record nothing keeps is removed, and a blob leaves ``content`` once no
+    record is left. ``mark_roots(marker)`` marks what else is in use (the
+    containers); ``ingest_ref(namespace, ref)`` names the backend ingest of a
+    lease's ``ingests`` resource.
     """
+    run = functools.partial(
+        _collect,
+        content,
+        images,
+        snapshotters,
+        leases,
+        dry_run=dry_run,
+        ingest_age=ingest_age,
+        extra_roots=extra_roots,
+        records=records,
+        mark_roots=mark_roots,
+        ingest_ref=ingest_ref or (lambda namespace, ref: ref),
+        now=now or datetime.now(UTC),
+    )
     if not lock:
-        return _collect(
-            content, images, snapshotters, leases, dry_run, ingest_age, extra_roots, now
-        )
+        return run()
     lock_root = root if root is not None else os.path.dirname(os.path.abspath(content.root))
     with gc_lock(lock_root, shared=False, timeout=lock_timeout):
-        return _collect(
-            content, images, snapshotters, leases, dry_run, ingest_age, extra_roots, now
-        )
+        return run()
 
 
 def _collect(
@@ -326,16 +384,23 @@ def _collect(
     images: ImageStore,
     snapshotters: Mapping[str, Snapshotter],
     leases: LeaseStore | None,
+    *,
     dry_run: bool,
     ingest_age: timedelta,
     extra_roots: Iterable[Resource],
-    now: datetime | None,
+    records: BlobRecords | None,
+    mark_roots: Callable[[Marker], None] | None,
+    ingest_ref: Callable[[str, str], str],
+    now: datetime,
 ) -> Report:
-    now = now or datetime.now(UTC)
     report = Report(dry_run=dry_run)
-    blobs = {info.digest: info for info in content.walk()}
+    blobs: dict[BlobKey, BlobInfo]
+    if records is None:
+        blobs = {("", info.digest): info for info in content.walk()}
+    else:
+        blobs = {(ns, info.digest): info for ns, info in records.walk_all()}
     snapshots = {name: {i.name: i for i in s.walk()} for name, s in snapshotters.items()}
-    mark = _Marker(content, blobs, snapshots)
+    mark = Marker(content, blobs, snapshots, namespaced=records is not None)
 
     for namespace, image in images.walk_all():
         mark.blob(image.target.digest, namespace, "image")
@@ -349,13 +414,13 @@ def _collect(
                 continue
             for res in leases.resources(namespace, held.id):
                 if res.type == "ingests":
-                    leased_ingests.add(res.id)
+                    leased_ingests.add(ingest_ref(namespace, res.id))
                 else:
                     mark.resource(res, namespace, flat=held.flat)
 
-    for info in blobs.values():
+    for (namespace, digest), info in blobs.items():
         if _is_root(info.labels):
-            mark.blob(info.digest)
+            mark.blob(digest, namespace)
     for name, infos in snapshots.items():
         for key, snap in infos.items():
             if _is_root(snap.labels):
@@ -365,17 +430,31 @@ def _collect(
             leased_ingests.add(res.id)
         else:
             mark.resource(res)
+    if mark_roots is not None:
+        mark_roots(mark)
     mark.run()
 
     # -- sweep -------------------------------------------------------------
-    for digest in sorted(set(blobs) - mark.kept_blobs):
-        if not dry_run:
-            try:
+    if records is None:
+        doomed_blobs = {digest for _, digest in set(blobs) - mark.kept_blobs}
+    else:
+        for namespace, digest in sorted(set(blobs) - mark.kept_blobs):
+            if not dry_run:
+                with contextlib.suppress(NotFound):
+                    records.remove(namespace, digest)
+            report.records.append((namespace, digest))
+        # a blob stays while any namespace keeps its record
+        kept = {digest for _, digest in mark.kept_blobs}
+        doomed_blobs = {info.digest for info in content.walk() if info.digest not in kept}
+    for digest in sorted(doomed_blobs):
+        try:
+            size = content.info(digest).size
+            if not dry_run:
                 content.delete(digest)
-            except NotFound:
-                continue
+        except NotFound:
+            continue
         report.blobs.append(digest)
-        report.bytes += blobs[digest].size
+        report.bytes += size
 
     for name, infos in snapshots.items():
         doomed = [k for k in infos if (name, k) not in mark.kept_snapshots]

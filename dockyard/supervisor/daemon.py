@@ -39,7 +39,9 @@ from dockyard.image.leases import LeaseStore
 from dockyard.image.snapshots import Snapshotter
 from dockyard.image.snapshots import new as new_snapshotter
 from dockyard.supervisor.config import SNAPSHOTTERS, Config
+from dockyard.supervisor.content import NamespacedContent
 from dockyard.supervisor.events import Exchange
+from dockyard.supervisor.gc import Collector
 from dockyard.supervisor.metadata import Metadata
 
 log = logging.getLogger("dockyard.supervisor")
@@ -53,6 +55,11 @@ SERVICES = [
     "introspection",
     "containers",
     "tasks",
+    "content",
+    "images",
+    "snapshots",
+    "diff",
+    "leases",
 ]
 
 # containerd's default message limits (16 MiB each way).
@@ -86,6 +93,7 @@ class Supervisor:
         self.images = ImageStore(db)
         self.leases = LeaseStore(db)
         self.metadata = Metadata(db)
+        self.namespaced_content = NamespacedContent(self.content, db, self.leases, config.root)
         self.snapshotters: dict[str, Snapshotter] = {}
         for name in SNAPSHOTTERS:
             try:
@@ -109,6 +117,9 @@ class Supervisor:
         self.server: grpc.Server | None = None
         self._stopped = threading.Event()
         self._closers: list[Any] = []
+        # garbage collection after deletions (services call gc.schedule/collect)
+        self.gc = Collector(self)
+        self.on_close(self.gc.close)
 
     @staticmethod
     def _lock_root(root: str) -> int:
@@ -187,6 +198,7 @@ class Supervisor:
         self.metadata.close()
         self.images.close()
         self.leases.close()
+        self.namespaced_content.close()
         os.close(self._lock_fd)
         self._stopped.set()
 

@@ -1,0 +1,190 @@
+"""containerd.services.images.v1.Images: image records (name -> target descriptor) per namespace.
+
+Over the image library's ``ImageStore``, with containerd's rules
+(``metadata/images.go``): a name is required; the target needs a valid
+digest, a size above zero and a media type; ``Update`` with no field paths
+replaces the record, else sets ``labels``, ``labels.<key>``, ``target``,
+``annotations`` or ``annotations.<key>`` (the target's). ``Delete`` with
+``sync`` returns only after a garbage collection.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+import grpc
+from google.protobuf import empty_pb2
+
+from dockyard.api.events import image_pb2 as events
+from dockyard.api.services.images.v1 import images_pb2 as pb
+from dockyard.api.services.images.v1 import images_pb2_grpc
+from dockyard.api.types import descriptor_pb2
+from dockyard.errors import InvalidArgument
+from dockyard.filters import Getter, map_field, matcher
+from dockyard.image.images import Image
+from dockyard.spec.image import Descriptor, parse_digest
+from dockyard.supervisor.content import update_labels
+from dockyard.supervisor.grpcutil import namespace, rpc, to_timestamp
+
+if TYPE_CHECKING:
+    from dockyard.supervisor.daemon import Supervisor
+
+
+def descriptor(d: descriptor_pb2.Descriptor, what: str) -> Descriptor:
+    """A target descriptor from the wire, checked as containerd checks one."""
+    parse_digest(d.digest, f"{what}: target digest")
+    if d.size <= 0:
+        raise InvalidArgument(f"{what}: target size must be greater than zero")
+    if not d.media_type:
+        raise InvalidArgument(f"{what}: target media type must be set")
+    return Descriptor(d.media_type, d.digest, d.size, annotations=dict(d.annotations))
+
+
+def descriptor_message(d: Descriptor) -> descriptor_pb2.Descriptor:
+    return descriptor_pb2.Descriptor(
+        media_type=d.media_type, digest=d.digest, size=d.size, annotations=dict(d.annotations)
+    )
+
+
+def _message(image: Image) -> pb.Image:
+    return pb.Image(
+        name=image.name,
+        labels=image.labels,
+        target=descriptor_message(image.target),
+        created_at=to_timestamp(image.created_at),
+        updated_at=to_timestamp(image.updated_at),
+    )
+
+
+def _getter(image: Image) -> Getter:
+    # containerd's image filter fields
+    def get(path: list[str]) -> str | None:
+        if path == ["name"]:
+            return image.name or None
+        if path == ["target", "digest"]:
+            return image.target.digest or None
+        if path == ["target", "mediatype"]:
+            return image.target.media_type or None
+        if path[:1] == ["labels"]:
+            return map_field(image.labels, path[1:])
+        if path[:1] == ["annotations"]:
+            return map_field(image.target.annotations, path[1:])
+        return None
+
+    return get
+
+
+def _what(name: str) -> str:
+    if not name:
+        raise InvalidArgument("image name must not be empty")
+    return f"image {name!r}"
+
+
+class ImagesService(images_pb2_grpc.ImagesServicer):
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        self.images = sup.images
+        # an update reads, changes and writes the record: one at a time
+        self._update_lock = threading.Lock()
+
+    @rpc
+    def Get(
+        self, request: pb.GetImageRequest, context: grpc.ServicerContext
+    ) -> pb.GetImageResponse:
+        ns = namespace(context)
+        _what(request.name)
+        return pb.GetImageResponse(image=_message(self.images.get(ns, request.name)))
+
+    @rpc
+    def List(
+        self, request: pb.ListImagesRequest, context: grpc.ServicerContext
+    ) -> pb.ListImagesResponse:
+        ns = namespace(context)
+        match = matcher(request.filters)
+        return pb.ListImagesResponse(
+            images=[_message(i) for i in self.images.list(ns) if match(_getter(i))]
+        )
+
+    @rpc
+    def Create(
+        self, request: pb.CreateImageRequest, context: grpc.ServicerContext
+    ) -> pb.CreateImageResponse:
+        ns = namespace(context)
+        m = request.image
+        what = _what(m.name)
+        image = Image(m.name, descriptor(m.target, what), update_labels({}, m.labels, [], what))
+        self.sup.metadata.ensure_namespace(ns)
+        created = self.images.create(ns, image)
+        self.sup.events.publish(
+            ns, "/images/create", events.ImageCreate(name=created.name, labels=created.labels)
+        )
+        return pb.CreateImageResponse(image=_message(created))
+
+    @rpc
+    def Update(
+        self, request: pb.UpdateImageRequest, context: grpc.ServicerContext
+    ) -> pb.UpdateImageResponse:
+        ns = namespace(context)
+        m = request.image
+        what = _what(m.name)
+        paths = list(request.update_mask.paths)
+        with self._update_lock:
+            old = self.images.get(ns, m.name)
+            target, labels = old.target, dict(old.labels)
+            annotations = dict(target.annotations)
+            label_paths = []
+            for path in paths or ["target", "labels"]:
+                if path == "target":
+                    target = descriptor(m.target, what)
+                    annotations = dict(target.annotations)
+                elif path == "annotations":
+                    annotations = dict(m.target.annotations)
+                elif path.startswith("annotations."):
+                    key = path[len("annotations.") :]
+                    annotations[key] = m.target.annotations.get(key, "")
+                elif path == "labels" or path.startswith("labels."):
+                    label_paths.append(path)
+                else:
+                    raise InvalidArgument(
+                        f"{what}: cannot update field {path!r} (labels, labels.<key>, target,"
+                        " annotations, annotations.<key>)"
+                    )
+            if label_paths:
+                labels = update_labels(labels, m.labels, label_paths, what)
+            target = Descriptor(
+                target.media_type,
+                target.digest,
+                target.size,
+                annotations={k: v for k, v in annotations.items() if v},
+            )
+            updated = self.images.update(ns, Image(m.name, target, labels), ["target", "labels"])
+        self.sup.events.publish(
+            ns, "/images/update", events.ImageUpdate(name=updated.name, labels=updated.labels)
+        )
+        return pb.UpdateImageResponse(image=_message(updated))
+
+    @rpc
+    def Delete(
+        self, request: pb.DeleteImageRequest, context: grpc.ServicerContext
+    ) -> empty_pb2.Empty:
+        ns = namespace(context)
+        _what(request.name)
+        self.images.delete(ns, request.name)
+        self.sup.events.publish(ns, "/images/delete", events.ImageDelete(name=request.name))
+        if request.sync:
+            self.sup.gc.collect()
+        else:
+            self.sup.gc.schedule()
+        return empty_pb2.Empty()
+
+
+def register(server: grpc.Server, sup: Supervisor) -> None:
+    from dockyard.supervisor.daemon import Plugin
+
+    images_pb2_grpc.add_ImagesServicer_to_server(ImagesService(sup), server)
+    sup.metadata.in_use_checks.append(lambda ns: ["images"] if sup.images.list(ns) else [])
+    sup.plugins += [
+        Plugin("io.containerd.gc.v1", "scheduler"),
+        Plugin("io.containerd.grpc.v1", "images"),
+    ]
