@@ -135,8 +135,8 @@ class Process:
             self.io.after_start()
 
     def resize(self, width: int, height: int) -> None:
-        if self.status() in (STOPPED, DELETED):
-            raise FailedPrecondition(f"cannot resize the console of {self.id}: it has exited")
+        # The pty stays open until the process is deleted: a client resizing
+        # as the process exits is not an error (as containerd's init).
         if self.io is not None:
             self.io.resize(width, height)
 
@@ -399,6 +399,11 @@ class Exec(Process):
             os.kill(pid, sig)
         except ProcessLookupError:
             raise NotFound("process already finished") from None
+
+    def resize(self, width: int, height: int) -> None:
+        if Process.status(self) in (STOPPED, DELETED):
+            raise FailedPrecondition(f"cannot resize the console of exec {self.exec_id}: it exited")
+        super().resize(width, height)
 
     def delete(self) -> None:
         with self._op:
