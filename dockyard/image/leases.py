@@ -68,7 +68,9 @@ CREATE TABLE IF NOT EXISTS lease_resources (
 );
 """
 
-_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,75}[A-Za-z0-9])?\Z")
+# containerd takes any lease id (its clients make them as "<nanoseconds>-<base64url>",
+# which may end in '-' or '_'): printable, no spaces, not too long.
+_ID = re.compile(r"[!-~]{1,256}\Z")
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
@@ -160,7 +162,7 @@ class LeaseStore:
             raise InvalidArgument("namespace is required")
         if not _ID.match(lease_id or ""):
             raise InvalidArgument(
-                f"lease id {lease_id!r}: want letters, digits, '.', '_' or '-' (at most 77)"
+                f"lease id {lease_id!r}: want 1 to 256 printable characters, no spaces"
             )
 
     def create(
