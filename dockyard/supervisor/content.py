@@ -397,6 +397,10 @@ class NamespacedWriter:
                 except AlreadyExists:
                     # verified, and the backend has it already (another namespace)
                     digest = expected or self.expected or written
+                except InvalidArgument as e:
+                    # wrong size or digest: containerd's FAILED_PRECONDITION (the
+                    # backend has removed the ingest: a retry starts clean)
+                    raise FailedPrecondition(str(e)) from None
                 actual_size = self.store.backend.info(digest).size
             exists = False
             try:
