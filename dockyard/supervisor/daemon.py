@@ -116,6 +116,7 @@ class Supervisor:
         self.tasks: Any = None
         self.server: grpc.Server | None = None
         self._stopped = threading.Event()
+        self._stop_requested = threading.Event()
         self._closers: list[Any] = []
         # garbage collection after deletions (services call gc.schedule/collect)
         self.gc = Collector(self)
@@ -140,6 +141,10 @@ class Supervisor:
             return self.snapshotters[name or self.config.snapshotter]
         except KeyError:
             raise NotFound(f"snapshotter {name!r}: not loaded") from None
+
+    def add_plugin(self, type_: str, id_: str, **kw: Any) -> None:
+        """List a plugin in introspection (each service names itself)."""
+        self.plugins.append(Plugin(type_, id_, **kw))
 
     def on_close(self, closer: Any) -> None:
         """Call ``closer()`` when the daemon stops (servers, threads of a service)."""
@@ -176,7 +181,9 @@ class Supervisor:
         log.info("serving on %s", address)
 
     def wait(self) -> None:
-        self._stopped.wait()
+        """Serve until a stop is requested (a signal), then stop in this thread."""
+        self._stop_requested.wait()
+        self.stop()
 
     def stop(self, grace: float = 2.0) -> None:
         """Stop serving; containers and their shims keep running (they outlive us)."""
@@ -205,7 +212,7 @@ class Supervisor:
     def install_signal_handlers(self) -> None:
         def on_signal(signum: int, frame: object) -> None:
             log.info("signal %d: stopping", signum)
-            threading.Thread(target=self.stop, daemon=True).start()
+            self._stop_requested.set()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)

@@ -1,0 +1,97 @@
+"""containerd.services.namespaces.v1.Namespaces: create, list, label and remove
+namespaces; removal is refused while anything is left in one."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import grpc
+from google.protobuf import empty_pb2
+
+from dockyard.api.events import namespace_pb2 as events
+from dockyard.api.services.namespaces.v1 import namespace_pb2 as pb
+from dockyard.api.services.namespaces.v1 import namespace_pb2_grpc
+from dockyard.errors import InvalidArgument
+from dockyard.supervisor.grpcutil import rpc, validate_identifier
+
+if TYPE_CHECKING:
+    from dockyard.supervisor.daemon import Supervisor
+
+
+class NamespacesService(namespace_pb2_grpc.NamespacesServicer):
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        self.meta = sup.metadata
+
+    def _message(self, name: str) -> pb.Namespace:
+        return pb.Namespace(name=name, labels=self.meta.get_namespace(name))
+
+    @rpc
+    def Get(
+        self, request: pb.GetNamespaceRequest, context: grpc.ServicerContext
+    ) -> pb.GetNamespaceResponse:
+        return pb.GetNamespaceResponse(namespace=self._message(request.name))
+
+    @rpc
+    def List(
+        self, request: pb.ListNamespacesRequest, context: grpc.ServicerContext
+    ) -> pb.ListNamespacesResponse:
+        return pb.ListNamespacesResponse(
+            namespaces=[pb.Namespace(name=n, labels=lb) for n, lb in self.meta.list_namespaces()]
+        )
+
+    @rpc
+    def Create(
+        self, request: pb.CreateNamespaceRequest, context: grpc.ServicerContext
+    ) -> pb.CreateNamespaceResponse:
+        ns = request.namespace
+        validate_identifier("namespace", ns.name)
+        labels = dict(ns.labels)
+        self.meta.create_namespace(ns.name, labels)
+        self.sup.events.publish(
+            ns.name, "/namespaces/create", events.NamespaceCreate(name=ns.name, labels=labels)
+        )
+        return pb.CreateNamespaceResponse(namespace=self._message(ns.name))
+
+    @rpc
+    def Update(
+        self, request: pb.UpdateNamespaceRequest, context: grpc.ServicerContext
+    ) -> pb.UpdateNamespaceResponse:
+        ns = request.namespace
+        labels = self.meta.get_namespace(ns.name)
+        paths = list(request.update_mask.paths)
+        if not paths:
+            labels = dict(ns.labels)
+        for path in paths:
+            if path == "labels":
+                labels = dict(ns.labels)
+            elif path.startswith("labels."):
+                key = path[len("labels.") :]
+                if key in ns.labels:
+                    labels[key] = ns.labels[key]
+                else:
+                    labels.pop(key, None)
+            else:
+                raise InvalidArgument(
+                    f"namespace {ns.name!r}: cannot update field {path!r} (labels, labels.<key>)"
+                )
+        self.meta.set_namespace_labels(ns.name, labels)
+        self.sup.events.publish(
+            ns.name, "/namespaces/update", events.NamespaceUpdate(name=ns.name, labels=labels)
+        )
+        return pb.UpdateNamespaceResponse(namespace=self._message(ns.name))
+
+    @rpc
+    def Delete(
+        self, request: pb.DeleteNamespaceRequest, context: grpc.ServicerContext
+    ) -> empty_pb2.Empty:
+        self.meta.delete_namespace(request.name)
+        self.sup.events.publish(
+            request.name, "/namespaces/delete", events.NamespaceDelete(name=request.name)
+        )
+        return empty_pb2.Empty()
+
+
+def register(server: grpc.Server, sup: Supervisor) -> None:
+    namespace_pb2_grpc.add_NamespacesServicer_to_server(NamespacesService(sup), server)
+    sup.add_plugin("io.containerd.grpc.v1", "namespaces")

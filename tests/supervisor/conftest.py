@@ -1,0 +1,202 @@
+"""A private dockyard-supervisor per test module, and ``ctr`` pointed at it.
+
+Every path of the daemon (root, state, sockets) is under one temp dir;
+teardown removes the containers the tests left, ends the supervisor and any
+shim still running (found by that temp dir in their command line: shims get
+the supervisor's address as an argument), then cgroups, mounts and the dir.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.compat import host
+from tests.images import ImageArchive, build_image_archive
+
+VENV_BIN = os.path.dirname(sys.executable)
+
+
+def daemon_env() -> dict[str, str]:
+    """The supervisor's environment: our shim and runtime first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+    return env
+
+
+@dataclass
+class Supervisor:
+    """A dockyard-supervisor under ``base``, with ctr and a gRPC channel bound to it."""
+
+    base: Path
+    namespace: str
+    image: ImageArchive
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.base / "supervisor.log"
+
+    @property
+    def address(self) -> str:
+        return str(self.base / "supervisor.sock")
+
+    @property
+    def root(self) -> Path:
+        return self.base / "root"
+
+    @property
+    def state(self) -> Path:
+        return self.base / "state"
+
+    def ctr(
+        self,
+        *args: str,
+        check: bool = True,
+        namespace: str | None = None,
+        timeout: float = host.COMMAND_TIMEOUT,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        ns = namespace or self.namespace
+        p = subprocess.run(
+            ["ctr", "--address", self.address, "--namespace", ns, *args],
+            stdin=subprocess.DEVNULL if input is None else None,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and p.returncode != 0:
+            raise AssertionError(
+                f"ctr {' '.join(args)} exited {p.returncode}\n"
+                f"stdout: {p.stdout}\nstderr: {p.stderr}\n"
+                f"supervisor log:\n{host.tail(self.log)}"
+            )
+        return p
+
+    def channel(self) -> grpc.Channel:
+        """A gRPC channel to the socket (use with ``metadata=self.md()``)."""
+        return grpc.insecure_channel("unix:" + self.address)
+
+    def md(self, namespace: str | None = None) -> list[tuple[str, str]]:
+        return [("containerd-namespace", namespace or self.namespace)]
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dockyard.supervisor.main",
+                    "--root",
+                    str(self.root),
+                    "--state",
+                    str(self.state),
+                    "--address",
+                    self.address,
+                    "--log-level",
+                    "debug",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=daemon_env(),
+                cwd=str(self.base),
+            )
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"supervisor exited early:\n{host.tail(self.log)}")
+            if not Path(self.address).exists():
+                return False
+            return self.ctr("version", check=False, timeout=10).returncode == 0
+
+        host.wait_for(ready, 30, "the supervisor to serve")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the supervisor (only it: its shims and containers go on) and reap it."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(30)
+
+    def restart(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+        self.start()
+
+    def tasks(self) -> dict[str, str]:
+        """Task id -> status (RUNNING, STOPPED, ...)."""
+        out = self.ctr("task", "ls").stdout.splitlines()[1:]
+        return {cols[0]: cols[2] for cols in (line.split() for line in out) if len(cols) >= 3}
+
+    def remove(self, cid: str, namespace: str | None = None) -> None:
+        """Kill and delete a task and its container, whatever state they are in."""
+        quick = host.TEARDOWN_TIMEOUT
+        ns = namespace or self.namespace
+        try:
+            self.ctr(
+                "task", "kill", "--signal", "SIGKILL", cid, check=False, namespace=ns, timeout=quick
+            )
+            self.ctr("task", "delete", "--force", cid, check=False, namespace=ns, timeout=quick)
+            self.ctr("container", "delete", cid, check=False, namespace=ns, timeout=quick)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def cleanup_namespaces(self) -> None:
+        """Remove every container left in every namespace (teardown)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            listed = self.ctr("namespaces", "ls", "--quiet", check=False, timeout=10)
+            for ns in listed.stdout.split():
+                ids = self.ctr("container", "ls", "--quiet", check=False, namespace=ns, timeout=10)
+                for cid in ids.stdout.split():
+                    self.remove(cid, ns)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            host.stop_process(self.proc)
+        # Shims outlive the supervisor by design; any still running are ours to end.
+        for pid in host.pids_mentioning(f"{self.base}/"):
+            host.stop_pid(pid)
+
+
+@pytest.fixture(scope="module")
+def busybox_archive(tmp_path_factory: pytest.TempPathFactory) -> ImageArchive:
+    return build_image_archive(tmp_path_factory.mktemp("img") / "busybox.tar")
+
+
+@pytest.fixture(scope="module")
+def supervisor(
+    tmp_path_factory: pytest.TempPathFactory, busybox_archive: ImageArchive
+) -> Iterator[Supervisor]:
+    """A running supervisor for the module; tests use unique ids and clean up their own."""
+    host.need("ctr", "containerd-shim-runc-v2", "runc")
+    base = tmp_path_factory.mktemp("sup")
+    # runc's shim puts its socket in a fixed place.
+    created = host.CreatedDirs("/run/containerd", "/run/containerd/s")
+    namespace = "dy-" + uuid.uuid4().hex[:8]
+    daemon = Supervisor(base, namespace, busybox_archive)
+    try:
+        daemon.start()
+        yield daemon
+        daemon.cleanup_namespaces()
+    finally:
+        daemon.stop()
+        host.remove_cgroups(namespace)
+        host.unmount_under(base)
+        created.cleanup()
+        host.remove_tree(base)
