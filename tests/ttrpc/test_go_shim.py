@@ -1,38 +1,48 @@
-"""dockyard's ttrpc client against Go's ttrpc server: the real containerd-shim-runc-v2.
+"""dockyard's ttrpc against Go's ttrpc, both ways, through the real containerd-shim-runc-v2.
 
 The shim is started the way containerd 1.6 starts it (runtime/v2/shim: the
 ``start`` action in the bundle dir, which re-executes the shim as a daemon
-listening on ``/run/containerd/s/<sha256>`` and prints that address), then
-driven over ttrpc with hand-encoded task API messages until Shutdown ends it.
+listening on ``/run/containerd/s/<sha256>`` and prints that address). Our
+client drives its task API (Go's ttrpc server); the shim publishes its task
+events with Go's ttrpc client to TTRPC_ADDRESS, where our server listens in
+containerd's place.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import select
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from google.protobuf import empty_pb2
 
+from dockyard.api.events import task_pb2
 from dockyard.api.runtime.task.v2 import shim_pb2
-from dockyard.ttrpc import Client, ConnectionClosed, Error, codes
+from dockyard.api.services.ttrpc.events.v1 import events_pb2
+from dockyard.ttrpc import Client, ConnectionClosed, Context, Error, Server, codes
 from tests.compat import host
-from tests.ttrpc.conftest import HANG
+from tests.conftest import Bundle
+from tests.ttrpc.conftest import HANG, listen
 
 SHIM = "containerd-shim-runc-v2"
 TASK = "containerd.task.v2.Task"
-NAMESPACE = "dockyard-ttrpc-test"
+EVENTS = "containerd.services.events.ttrpc.v1.Events"
+RUNC_ROOT = "/run/containerd/runc"  # the runc shim's default --root, per namespace
 
 
 @dataclass
 class GoShim:
     id: str
+    namespace: str
     address: str
     log_fd: int
 
@@ -50,49 +60,75 @@ class GoShim:
         return b"".join(chunks).decode(errors="replace")
 
 
+StartShim = Callable[[Path], GoShim]
+
+
 @pytest.fixture
-def go_shim(short_dir: Path) -> Iterator[GoShim]:
+def start_go_shim(short_dir: Path) -> Iterator[StartShim]:
+    """start(bundle_dir) runs ``containerd-shim-runc-v2 start`` there; teardown
+    removes containers it ran, ends the daemons by pid, removes their sockets."""
     host.need(SHIM)
-    bundle = short_dir / "bundle"
-    bundle.mkdir()
-    # start reads the spec's annotations (for shim grouping); nothing else of it.
-    (bundle / "config.json").write_text(json.dumps({"ociVersion": "1.0.2"}))
-    # The shim daemon's stderr is the bundle's "log" fifo, and opening it for
-    # writing blocks until a reader has it open: containerd holds it, so do we.
-    os.mkfifo(bundle / "log")
-    log_fd = os.open(bundle / "log", os.O_RDONLY | os.O_NONBLOCK)
-    created = host.CreatedDirs("/run/containerd", "/run/containerd/s")
-    shim_id = "ttrpc-" + uuid.uuid4().hex[:12]
-    address = ""
-    try:
-        argv = [SHIM, "-namespace", NAMESPACE, "-address", str(short_dir / "containerd.sock")]
-        argv += ["-publish-binary", "/bin/true", "-id", shim_id, "start"]
+    namespace = "dockyard-ttrpc-" + uuid.uuid4().hex[:8]
+    created = host.CreatedDirs(
+        "/run/containerd", "/run/containerd/s", RUNC_ROOT, f"{RUNC_ROOT}/{namespace}"
+    )
+    shims: list[GoShim] = []
+
+    def start(bundle: Path) -> GoShim:
+        # The daemon's stderr is the bundle's "log" fifo, and opening it for
+        # writing blocks until a reader has it open: containerd holds it, so do we.
+        os.mkfifo(bundle / "log")
+        log_fd = os.open(bundle / "log", os.O_RDONLY | os.O_NONBLOCK)
+        shim = GoShim("ttrpc-" + uuid.uuid4().hex[:12], namespace, "", log_fd)
+        shims.append(shim)
+        argv = [SHIM, "-namespace", namespace, "-address", str(short_dir / "containerd.sock")]
+        argv += ["-publish-binary", "/bin/true", "-id", shim.id, "start"]
         p = subprocess.run(
             argv,
             cwd=bundle,
-            # Where the daemon would publish events: nothing listens, and
-            # nothing is published without tasks.
-            env={**os.environ, "TTRPC_ADDRESS": str(short_dir / "containerd.sock.ttrpc")},
+            # Where the daemon publishes task events (Go's ttrpc client).
+            env={**os.environ, "TTRPC_ADDRESS": str(short_dir / "events.sock")},
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
             timeout=host.COMMAND_TIMEOUT,
         )
         assert p.returncode == 0, f"{SHIM} start exited {p.returncode}: {p.stderr}"
-        address = p.stdout.strip()
-        yield GoShim(shim_id, address, log_fd)
+        shim.address = p.stdout.strip()
+        return shim
+
+    try:
+        yield start
     finally:
-        # The daemon is not our child; it is found by our temp dir in its
-        # command line (its -address) and ended by pid.
+        for shim in shims:
+            # A container left by a failed test (the task's id is the shim's).
+            subprocess.run(
+                ["runc", "--root", f"{RUNC_ROOT}/{namespace}", "delete", "--force", shim.id],
+                capture_output=True,
+                check=False,
+                timeout=host.COMMAND_TIMEOUT,
+            )
+        # The daemons are not our children; each is found by our temp dir in
+        # its command line (its -address) and ended by pid.
         for pid in host.pids_mentioning(str(short_dir)):
             host.stop_pid(pid)
-        if address.startswith("unix://"):
-            try:
-                os.unlink(address.removeprefix("unix://"))
-            except FileNotFoundError:
-                pass
-        os.close(log_fd)
+        for shim in shims:
+            if shim.address.startswith("unix://"):
+                try:
+                    os.unlink(shim.address.removeprefix("unix://"))
+                except FileNotFoundError:
+                    pass
+            os.close(shim.log_fd)
         created.cleanup()
+
+
+@pytest.fixture
+def go_shim(start_go_shim: StartShim, short_dir: Path) -> GoShim:
+    bundle = short_dir / "bundle"
+    bundle.mkdir()
+    # start reads the spec's annotations (for shim grouping); nothing else of it.
+    (bundle / "config.json").write_text(json.dumps({"ociVersion": "1.0.2"}))
+    return start_go_shim(bundle)
 
 
 def _string_field(number: int, value: str) -> bytes:
@@ -136,7 +172,17 @@ def _wait_exit(pid: int) -> None:
         os.close(pidfd)
 
 
-def test_connect_calls_and_shutdown_of_a_go_shim(go_shim: GoShim) -> None:
+def _shutdown(c: Client, request: bytes) -> None:
+    """Task/Shutdown. The Go shim may exit before its answer is written, so a
+    closed connection counts as done, as containerd counts it (runtime/v2's
+    shimTask.Shutdown ignores ttrpc.ErrClosed)."""
+    try:
+        assert c.call(TASK, "Shutdown", request) == b""
+    except ConnectionClosed:
+        pass
+
+
+def test_client_against_go_server_connect_errors_and_shutdown(go_shim: GoShim) -> None:
     # containerd 1.6's shims listen on a socket file, not an abstract socket.
     assert go_shim.address.startswith("unix:///run/containerd/s/"), go_shim.address
     socket_path = go_shim.address.removeprefix("unix://")
@@ -145,11 +191,11 @@ def test_connect_calls_and_shutdown_of_a_go_shim(go_shim: GoShim) -> None:
         resp = c.call(
             TASK,
             "Connect",
-            _string_field(1, go_shim.id),
+            _string_field(1, go_shim.id),  # ConnectRequest{id}
             timeout=HANG,
-            metadata={"containerd-namespace-ttrpc": NAMESPACE},
+            metadata={"containerd-namespace-ttrpc": go_shim.namespace},
         )
-        shim_pid = _varint_field(resp, 1)
+        shim_pid = _varint_field(resp, 1)  # ConnectResponse{shim_pid = 1}
         assert shim_pid, f"no shim_pid in {resp.hex()}\nshim log:\n{go_shim.log()}"
         assert _varint_field(resp, 2) is None  # no task yet, so no task_pid
         with open(f"/proc/{shim_pid}/cmdline", "rb") as f:
@@ -187,11 +233,89 @@ def test_connect_calls_and_shutdown_of_a_go_shim(go_shim: GoShim) -> None:
             c.call("containerd.no.Such", "Connect", b"")
         assert err.value.code == codes.UNIMPLEMENTED
 
-        # ShutdownRequest{id, now: true}; the answer is google.protobuf.Empty.
-        assert c.call(TASK, "Shutdown", _string_field(1, go_shim.id) + b"\x10\x01") == b""
+        # ShutdownRequest{id = 1, now = 2}; the answer is google.protobuf.Empty.
+        _shutdown(c, _string_field(1, go_shim.id) + b"\x10\x01")
         _wait_exit(shim_pid)
         assert closed.wait(HANG), "the connection outlived the shim"
         with pytest.raises(ConnectionClosed):
             c.call(TASK, "Connect", _string_field(1, go_shim.id))
     # The shim removes its socket on the way out.
     assert not os.path.exists(socket_path)
+
+
+EVENT_TYPES: dict[str, Any] = {
+    "/tasks/create": task_pb2.TaskCreate,
+    "/tasks/start": task_pb2.TaskStart,
+    "/tasks/exit": task_pb2.TaskExit,
+    "/tasks/delete": task_pb2.TaskDelete,
+}
+
+
+def test_server_against_go_client_the_shims_event_publisher(
+    start_go_shim: StartShim, bundle: Bundle, short_dir: Path
+) -> None:
+    """A container's life through the Go shim; its events reach our server."""
+    host.need("runc")
+    received: queue.Queue[tuple[str, bytes, Context]] = queue.Queue()
+    refused: list[str] = []
+
+    def forward(req: events_pb2.ForwardRequest, ctx: Context) -> empty_pb2.Empty:
+        topic = req.envelope.topic
+        if topic == "/tasks/create" and not refused:
+            # Refused once: Go must read this as an error and send it again.
+            refused.append(topic)
+            raise Error(codes.UNAVAILABLE, "not now")
+        received.put((topic, req.envelope.event.value, ctx))
+        return empty_pb2.Empty()
+
+    server = Server()
+    server.register_typed(EVENTS, {"Forward": (events_pb2.ForwardRequest, forward)})
+    serving = server.serve_in_thread(listen(short_dir / "events.sock"))
+    try:
+        bundle.set_args("true").write()
+        shim = start_go_shim(bundle.path)
+        with Client(shim.address) as c:
+            created = c.call_typed(
+                TASK,
+                "Create",
+                shim_pb2.CreateTaskRequest(id=shim.id, bundle=str(bundle.path)),
+                shim_pb2.CreateTaskResponse,
+                timeout=HANG,
+            )
+            assert created.pid > 0, shim.log()
+            c.call_typed(TASK, "Start", shim_pb2.StartRequest(id=shim.id), shim_pb2.StartResponse)
+            waited = c.call_typed(
+                TASK, "Wait", shim_pb2.WaitRequest(id=shim.id), shim_pb2.WaitResponse
+            )
+            assert waited.exit_status == 0
+            c.call_typed(
+                TASK, "Delete", shim_pb2.DeleteRequest(id=shim.id), shim_pb2.DeleteResponse
+            )
+
+            events: dict[str, tuple[bytes, Context]] = {}
+            while len(events) < len(EVENT_TYPES):
+                try:
+                    topic, value, ctx = received.get(timeout=HANG)
+                except queue.Empty:
+                    raise AssertionError(f"events so far: {list(events)}\n{shim.log()}")
+                events[topic] = (value, ctx)
+            assert set(events) == set(EVENT_TYPES)
+            assert refused == ["/tasks/create"]
+            for topic, (value, ctx) in events.items():
+                event = EVENT_TYPES[topic].FromString(value)
+                assert event.container_id == shim.id
+                # Go's client sends the namespace as metadata and a 5 s timeout.
+                assert ctx.service == EVENTS and ctx.method == "Forward"
+                assert ctx.get("containerd-namespace-ttrpc") == shim.namespace
+                assert ctx.timeout is not None and 0 < ctx.timeout <= 5
+            exit_event = task_pb2.TaskExit.FromString(events["/tasks/exit"][0])
+            assert (exit_event.pid, exit_event.exit_status) == (created.pid, 0)
+
+            connected = c.call_typed(
+                TASK, "Connect", shim_pb2.ConnectRequest(id=shim.id), shim_pb2.ConnectResponse
+            )
+            _shutdown(c, shim_pb2.ShutdownRequest(id=shim.id).SerializeToString())
+            _wait_exit(connected.shim_pid)
+    finally:
+        server.close()
+        serving.join(HANG)
