@@ -29,7 +29,13 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def md(ns: str, lease: str | None = None) -> list[tuple[str, str]]:
+# The lease the tests' gRPC requests run under (``open_namespace`` makes it):
+# what they create is kept from garbage collection until the test ends, as
+# containerd's clients keep what they work on.
+KEEP = "keep"
+
+
+def md(ns: str, lease: str | None = KEEP) -> list[tuple[str, str]]:
     out = [("containerd-namespace", ns)]
     if lease:
         out.append(("containerd-lease", lease))
@@ -54,7 +60,7 @@ def write_blob(
     ref: str | None = None,
     expected: str | None = None,
     labels: dict[str, str] | None = None,
-    lease: str | None = None,
+    lease: str | None = KEEP,
 ) -> list[cpb.WriteContentResponse]:
     """One Write stream: STAT with the total and expected digest, then COMMIT with the data."""
     reqs = [
@@ -77,6 +83,13 @@ def write_blob(
 
 def new_namespace() -> str:
     return "t-" + uuid.uuid4().hex[:10]
+
+
+def open_namespace(sup: Supervisor) -> str:
+    """A new namespace with the lease ``KEEP`` in it."""
+    ns = new_namespace()
+    sup.ctr("leases", "create", "--id", KEEP, namespace=ns)
+    return ns
 
 
 def empty_namespace(sup: Supervisor, ns: str) -> None:

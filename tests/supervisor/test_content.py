@@ -13,6 +13,9 @@ from google.protobuf import field_mask_pb2
 
 from dockyard.api.services.content.v1 import content_pb2 as cpb
 from dockyard.api.services.content.v1 import content_pb2_grpc
+from dockyard.api.services.images.v1 import images_pb2 as ipb
+from dockyard.api.services.images.v1 import images_pb2_grpc
+from dockyard.api.types import descriptor_pb2
 from dockyard.errors import InvalidArgument
 from dockyard.filters import parse_filter
 from tests.supervisor.conftest import Supervisor
@@ -23,7 +26,7 @@ from tests.supervisor.imageside import (
     empty_namespace,
     fails,
     md,
-    new_namespace,
+    open_namespace,
     write_blob,
 )
 
@@ -38,7 +41,7 @@ def content(supervisor: Supervisor) -> Iterator[content_pb2_grpc.ContentStub]:
 
 @pytest.fixture
 def ns(supervisor: Supervisor) -> Iterator[str]:
-    name = new_namespace()
+    name = open_namespace(supervisor)
     yield name
     empty_namespace(supervisor, name)
 
@@ -245,7 +248,7 @@ def test_bad_requests(content: content_pb2_grpc.ContentStub, ns: str) -> None:
 def test_namespaces_see_their_own_and_share_storage(
     supervisor: Supervisor, content: content_pb2_grpc.ContentStub, ns: str
 ) -> None:
-    other = new_namespace()
+    other = open_namespace(supervisor)
     try:
         data = b"shared between namespaces" * 50
         dgst = digest_of(data)
@@ -286,6 +289,11 @@ def test_namespaces_see_their_own_and_share_storage(
 def test_ctr_content_commands(supervisor: Supervisor, ns: str) -> None:
     data = b"written by ctr content ingest"
     dgst = digest_of(data)
+    # an image names it first: ctr's lease ends with the ingest, the image keeps the blob
+    with supervisor.channel() as ch:
+        target = descriptor_pb2.Descriptor(media_type="text/plain", digest=dgst, size=len(data))
+        image = ipb.Image(name="example.com/holds:it", target=target)
+        images_pb2_grpc.ImagesStub(ch).Create(ipb.CreateImageRequest(image=image), metadata=md(ns))
     supervisor.ctr("content", "ingest", "--expected-digest", dgst, "--expected-size",
                    str(len(data)), "ctr-ref", namespace=ns, input=data.decode())  # fmt: skip
     assert dgst in supervisor.ctr("content", "ls", namespace=ns).stdout

@@ -27,8 +27,9 @@ from google.protobuf import empty_pb2
 from dockyard.api.events import content_pb2 as events
 from dockyard.api.services.content.v1 import content_pb2 as pb
 from dockyard.api.services.content.v1 import content_pb2_grpc
-from dockyard.errors import AlreadyExists, DockyardError, InvalidArgument
+from dockyard.errors import AlreadyExists, DockyardError, InvalidArgument, NotFound
 from dockyard.image.content import CHUNK, Info, Status
+from dockyard.image.leases import Resource
 from dockyard.supervisor.content import OutOfRange, check_digest
 from dockyard.supervisor.grpcutil import namespace, rpc, to_timestamp
 from dockyard.supervisor.services.leases import lease_of
@@ -98,6 +99,10 @@ class ContentService(content_pb2_grpc.ContentServicer):
     ) -> empty_pb2.Empty:
         ns = namespace(context)
         self.store.remove(ns, request.digest)
+        lease = lease_of(context)
+        if lease:  # as containerd: the request's lease lets go of it too
+            with contextlib.suppress(NotFound):
+                self.sup.leases.delete_resource(ns, lease, Resource("content", request.digest))
         self.sup.events.publish(ns, "/content/delete", events.ContentDelete(digest=request.digest))
         self.sup.gc.schedule()
         return empty_pb2.Empty()

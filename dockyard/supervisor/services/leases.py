@@ -55,7 +55,9 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
     def Create(self, request: pb.CreateRequest, context: grpc.ServicerContext) -> pb.CreateResponse:
         ns = namespace(context)
         self.sup.metadata.ensure_namespace(ns)
-        lease = self.leases.create(ns, request.id or None, labels=dict(request.labels))
+        # an empty label is no label, as containerd stores them
+        labels = {k: v for k, v in request.labels.items() if v}
+        lease = self.leases.create(ns, request.id or None, labels=labels)
         return pb.CreateResponse(lease=_message(lease))
 
     @rpc
