@@ -9,6 +9,8 @@ the real ``ctr``.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import threading
@@ -36,10 +38,13 @@ RUNC_SHIM = "io.containerd.runc.v2"
 DOCKYARD_SHIM = "io.containerd.dockyard.v2"
 
 # (shim runtime name, OCI runtime binary): the reference shim with the
-# reference runtime and with ours.
+# reference runtime and with ours; our shim with its default runtime (ours)
+# and with runc.
 RUNTIMES = [
     pytest.param((RUNC_SHIM, "runc"), id="runc-shim+runc"),
     pytest.param((RUNC_SHIM, "dockyard-runtime"), id="runc-shim+dockyard-runtime"),
+    pytest.param((DOCKYARD_SHIM, ""), id="dockyard-shim"),
+    pytest.param((DOCKYARD_SHIM, "runc"), id="dockyard-shim+runc"),
 ]
 
 
@@ -86,10 +91,32 @@ class Runner:
         spec["linux"]["cgroupsPath"] = f"/{ns}/{cid}"
         return spec
 
-    def options(self) -> any_pb2.Any | None:
-        if self.runtime != RUNC_SHIM and not self.binary:
-            return None
+    def options(self) -> any_pb2.Any:
+        # An empty binary name leaves the choice to the shim.
         return typeurl.pack(oci_pb2.Options(binary_name=self.binary, root=str(self.runtime_root)))
+
+    def run_flags(self) -> list[str]:
+        """``ctr run`` flags that pick the shim, the OCI runtime and a private root."""
+        flags = ["--runtime", self.runtime, "--fifo-dir", str(self.fifo_dir)]
+        if self.runtime == RUNC_SHIM:
+            return [*flags, "--runc-binary", self.binary, "--runc-root", str(self.runtime_root)]
+        # ctr gives other shims runc options only through a file (runtimeoptions.v1)
+        config = self.sup.base / f"runtime-{self.runtime}-{os.path.basename(self.binary)}.toml"
+        lines = [f"Root = {json.dumps(str(self.runtime_root))}"]
+        if self.binary:
+            lines.append(f"BinaryName = {json.dumps(self.binary)}")
+        config.write_text("\n".join(lines) + "\n")
+        return [*flags, "--runtime-config-path", str(config)]
+
+    def run(
+        self, *args: str, cid: str | None = None, flags: tuple[str, ...] = (), check: bool = False
+    ) -> tuple[str, subprocess.CompletedProcess[str]]:
+        """``ctr run [flags] IMAGE ID args``: (the id, ctr's result)."""
+        ensure_image(self.sup)
+        cid = cid or self.new_id()
+        self.ids.append((self.sup.namespace, cid))
+        p = self.ctr("run", *self.run_flags(), *flags, self.sup.image.ref, cid, *args, check=check)
+        return cid, p
 
     def container(self, *args: str, cid: str | None = None, namespace: str | None = None) -> str:
         """Record a container running ``args``; its id."""
@@ -154,6 +181,12 @@ class Runner:
         self._channel.close()
 
 
+def ensure_image(sup: Supervisor) -> None:
+    """The busybox image, imported once into the supervisor's namespace."""
+    if sup.image.ref not in sup.ctr("images", "ls", "--quiet").stdout.split():
+        sup.ctr("images", "import", str(sup.image.path))
+
+
 def wait_for_status(runner: Runner, cid: str, status: str, timeout: float = 20) -> None:
     host.wait_for(lambda: runner.sup.tasks().get(cid) == status, timeout, f"task {cid} {status}")
 
@@ -204,11 +237,18 @@ class EventLog:
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
         marker = typeurl.pack(task_events.TaskStart(container_id="ready"))
-        stub.Publish(
-            events_pb2.PublishRequest(topic="/dockyard-test/ready", event=marker),
-            metadata=self.sup.md(),
-        )
-        host.wait_for(lambda: bool(self.topics()), 10, "the events subscription")
+
+        def seen() -> bool:
+            # The subscription may not be registered yet: publish until it is.
+            if self.topics():
+                return True
+            stub.Publish(
+                events_pb2.PublishRequest(topic="/dockyard-test/ready", event=marker),
+                metadata=self.sup.md(),
+            )
+            return bool(self.topics())
+
+        host.wait_for(seen, 10, "the events subscription")
         return self
 
     def _read(self) -> None:

@@ -22,7 +22,6 @@ from dockyard.api.types.task import task_pb2
 from tests.compat import host
 from tests.supervisor.conftest import Supervisor
 from tests.supervisor.taskutil import (
-    RUNC_SHIM,
     RUNTIMES,
     EventLog,
     Runner,
@@ -40,9 +39,10 @@ def runner(supervisor: Supervisor, request: pytest.FixtureRequest) -> Iterator[R
     yield from runner_for(supervisor, request.param)
 
 
-@pytest.fixture
-def runc(supervisor: Supervisor) -> Iterator[Runner]:
-    yield from runner_for(supervisor, (RUNC_SHIM, "runc"))
+@pytest.fixture(params=[RUNTIMES[0], RUNTIMES[2]])
+def shim(supervisor: Supervisor, request: pytest.FixtureRequest) -> Iterator[Runner]:
+    """Each shim with its usual runtime: the shim's own behaviour is under test."""
+    yield from runner_for(supervisor, request.param)
 
 
 def task_pid(runner: Runner, cid: str) -> int:
@@ -56,10 +56,10 @@ def gone(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_tasks_outlive_the_supervisor(runner: Runner, sig: signal.Signals) -> None:
     sup = runner.sup
-    running = runner.container("sleep", "1000")
+    # one from the image (its rootfs a mounted snapshot), one with its own root
+    running, _ = runner.run("sleep", "1000", flags=("--detach",), check=True)
     exiting = runner.container(*EXIT_3_ON_TERM)
-    for cid in (running, exiting):
-        runner.start(cid, detach=True)
+    runner.start(exiting, detach=True)
     pids = {cid: task_pid(runner, cid) for cid in (running, exiting)}
     shims = {cid: shim_pids(cid) for cid in (running, exiting)}
 
@@ -88,68 +88,68 @@ def test_tasks_outlive_the_supervisor(runner: Runner, sig: signal.Signals) -> No
     )
 
 
-def test_a_shim_that_died_while_the_supervisor_was_down_is_cleaned_up(runc: Runner) -> None:
-    sup = runc.sup
-    cid = runc.container("sleep", "1000")
-    runc.start(cid, detach=True)
-    pid = task_pid(runc, cid)
-    socket_path = (runc.bundle(cid) / "address").read_text().removeprefix("unix://")
-    (shim,) = shim_pids(cid)
+def test_a_shim_that_died_while_the_supervisor_was_down_is_cleaned_up(shim: Runner) -> None:
+    sup = shim.sup
+    cid = shim.container("sleep", "1000")
+    shim.start(cid, detach=True)
+    pid = task_pid(shim, cid)
+    socket_path = (shim.bundle(cid) / "address").read_text().removeprefix("unix://")
+    (shim_pid,) = shim_pids(cid)
 
     sup.kill(signal.SIGKILL)
-    os.kill(shim, signal.SIGKILL)
-    host.wait_for(lambda: gone(shim), 10, "the shim to die")
+    os.kill(shim_pid, signal.SIGKILL)
+    host.wait_for(lambda: gone(shim_pid), 10, "the shim to die")
     assert host.alive(pid)  # the container outlives its shim
     sup.start()
 
     # the shim's delete ended the container; the task, bundle and socket are gone
     assert cid not in sup.tasks()
     host.wait_for(lambda: gone(pid), 10, "the container to be ended")
-    assert not runc.bundle(cid).exists()
-    assert not runc.work_dir(cid).exists()
+    assert not shim.bundle(cid).exists()
+    assert not shim.work_dir(cid).exists()
     assert not os.path.exists(socket_path)
     # the container record stays, and takes a new task
-    runc.start(cid, detach=True)
+    shim.start(cid, detach=True)
     assert sup.tasks()[cid] == "RUNNING"
 
 
-def test_a_shim_that_dies_is_cleaned_up_and_its_exit_published(runc: Runner) -> None:
-    events = EventLog(runc.sup, 'topic~="^/tasks/"').start()
+def test_a_shim_that_dies_is_cleaned_up_and_its_exit_published(shim: Runner) -> None:
+    events = EventLog(shim.sup, 'topic~="^/tasks/"').start()
     try:
-        cid = runc.container("sleep", "1000")
-        runc.start(cid, detach=True)
-        pid = task_pid(runc, cid)
-        socket_path = (runc.bundle(cid) / "address").read_text().removeprefix("unix://")
-        (shim,) = shim_pids(cid)
-        os.kill(shim, signal.SIGKILL)
+        cid = shim.container("sleep", "1000")
+        shim.start(cid, detach=True)
+        pid = task_pid(shim, cid)
+        socket_path = (shim.bundle(cid) / "address").read_text().removeprefix("unix://")
+        (shim_pid,) = shim_pids(cid)
+        os.kill(shim_pid, signal.SIGKILL)
 
         exit_ = events.wait(cid, "/tasks/exit")
         deleted = events.wait(cid, "/tasks/delete")
-        # runc's shim reports the container it ended with SIGKILL
+        # the shim's delete reports the container it ended with SIGKILL
         assert (exit_.id, exit_.pid, exit_.exit_status) == (cid, pid, 137)
         assert (deleted.pid, deleted.exit_status) == (pid, 137)
-        host.wait_for(lambda: cid not in runc.sup.tasks(), 10, "the task to go")
+        host.wait_for(lambda: cid not in shim.sup.tasks(), 10, "the task to go")
         assert gone(pid)
-        assert not runc.bundle(cid).exists()
+        assert not shim.bundle(cid).exists()
         assert not os.path.exists(socket_path)
         # every other call now says the task is not there
-        got = runc.ctr("task", "kill", cid, check=False)
+        got = shim.ctr("task", "kill", cid, check=False)
         assert got.returncode != 0 and "not found" in got.stderr
     finally:
         events.close()
 
 
-def test_a_created_task_is_found_again(runc: Runner) -> None:
-    sup = runc.sup
-    cid = runc.container("sleep", "1000")
-    api, md = runc.tasks_api(), sup.md()
+def test_a_created_task_is_found_again(shim: Runner) -> None:
+    sup = shim.sup
+    cid = shim.container("sleep", "1000")
+    api, md = shim.tasks_api(), sup.md()
     api.Create(tasks_pb2.CreateTaskRequest(container_id=cid), metadata=md)
     sup.kill(signal.SIGKILL)
     sup.start()
-    assert runc.get(cid).process.status == task_pb2.CREATED
-    api = runc.tasks_api()
+    assert shim.get(cid).process.status == task_pb2.CREATED
+    api = shim.tasks_api()
     api.Start(tasks_pb2.StartRequest(container_id=cid), metadata=md)
-    assert runc.get(cid).process.status == task_pb2.RUNNING
+    assert shim.get(cid).process.status == task_pb2.RUNNING
     api.Kill(tasks_pb2.KillRequest(container_id=cid, signal=9), metadata=md)
     assert (
         api.Wait(tasks_pb2.WaitRequest(container_id=cid), metadata=md, timeout=30).exit_status

@@ -54,12 +54,25 @@ def runc(supervisor: Supervisor) -> Iterator[Runner]:
     yield from runner_for(supervisor, (RUNC_SHIM, "runc"))
 
 
-def test_start_prints_the_output_and_passes_the_exit_code(runner: Runner) -> None:
-    cid = runner.container("sh", "-c", "echo hi; echo oops >&2; exit 3")
-    p = runner.start(cid, check=False)
+def test_run_rm_prints_the_output_and_passes_the_exit_code(runner: Runner) -> None:
+    cid, p = runner.run("sh", "-c", "echo hi; echo oops >&2; exit 3", flags=("--rm",))
     assert p.stdout == "hi\n", p.stderr
     assert "oops" in p.stderr
     assert p.returncode == 3
+    # --rm: the task, the container and its snapshot are gone, and so is the shim
+    assert cid not in runner.sup.tasks()
+    assert cid not in runner.ctr("container", "ls", "--quiet").stdout.split()
+    assert cid not in runner.ctr("snapshot", "ls").stdout
+    assert not runner.bundle(cid).exists()
+    assert not runner.work_dir(cid).exists()
+    host.wait_for(lambda: not shim_pids(cid), 10, f"the shim of {cid} to exit")
+
+
+def test_start_of_a_container_with_its_own_rootfs(runner: Runner) -> None:
+    """A container whose spec names its root (no snapshot): nothing to mount."""
+    cid = runner.container("sh", "-c", "echo hi; exit 3")
+    p = runner.start(cid, check=False)
+    assert (p.returncode, p.stdout) == (3, "hi\n"), p.stderr
     # ctr deleted the task once it exited: bundle, work dir and shim are gone
     assert cid not in runner.sup.tasks()
     assert not runner.bundle(cid).exists()
@@ -70,15 +83,17 @@ def test_start_prints_the_output_and_passes_the_exit_code(runner: Runner) -> Non
 
 
 def test_detached_task_lifecycle(runner: Runner) -> None:
-    cid = runner.container("sleep", "1000")
-    runner.start(cid, detach=True)
+    cid, p = runner.run("sleep", "1000", flags=("--detach",), check=True)
     listed = runner.ctr("task", "ls").stdout.splitlines()
     row = next(line.split() for line in listed if line.split()[0] == cid)
     pid = int(row[1])
     assert row[2] == "RUNNING"
     assert host.alive(pid)
+    assert len(shim_pids(cid)) == 1
     assert (runner.bundle(cid) / "config.json").exists()
     assert os.readlink(runner.bundle(cid) / "work") == str(runner.work_dir(cid))
+    # the shim mounted the snapshot on the bundle's rootfs
+    assert (runner.bundle(cid) / "rootfs" / "bin" / "busybox").exists()
     assert str(pid) in runner.ctr("task", "ps", cid).stdout.split()
 
     p = runner.exec(cid, "e1", "echo", "from exec")
@@ -103,7 +118,9 @@ def test_detached_task_lifecycle(runner: Runner) -> None:
     assert cid not in runner.sup.tasks()
     assert not runner.bundle(cid).exists()
     assert not runner.work_dir(cid).exists()
+    assert cid in runner.ctr("container", "ls", "--quiet").stdout.split()
     runner.ctr("container", "rm", cid)
+    assert cid not in runner.ctr("container", "ls", "--quiet").stdout.split()
     host.wait_for(lambda: not shim_pids(cid), 10, f"the shim of {cid} to exit")
 
 
