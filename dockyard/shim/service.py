@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from google.protobuf.message import Message
 
+    from dockyard.shim.oom import OOMWatcher
     from dockyard.shim.publisher import Publisher
     from dockyard.shim.reaper import Exit, Launcher
     from dockyard.ttrpc import Context
@@ -103,6 +104,7 @@ class TaskService:
         # Held while a start runs and its event is published, and to publish
         # an exit: a process's exit event never precedes its start event.
         self._events = threading.RLock()
+        self._oom: OOMWatcher | None = None
 
     # -- plumbing ----------------------------------------------------------
 
@@ -276,7 +278,21 @@ class TaskService:
             else:
                 p.start()
                 self._publish(TASK_START, events.TaskStart(container_id=c.id, pid=p.pid))
+                self._watch_oom(c)
         return api.StartResponse(pid=p.pid)
+
+    def _watch_oom(self, c: Container) -> None:
+        if not c.cgroup_paths:
+            return
+        if self._oom is None:
+            from dockyard.shim.oom import OOMWatcher
+
+            self._oom = OOMWatcher(self._on_oom)
+        self._oom.add(c.id, c.cgroup_paths)
+
+    def _on_oom(self, container_id: str) -> None:
+        log.info(f"container {container_id} ran out of memory")
+        self._publish(TASK_OOM, events.TaskOOM(container_id=container_id))
 
     def delete(self, req: api.DeleteRequest, ctx: Context) -> api.DeleteResponse:
         c = self._container(req.id)
@@ -290,6 +306,8 @@ class TaskService:
             else:
                 self._containers.pop(c.id, None)
         if isinstance(p, Init):
+            if self._oom is not None:
+                self._oom.remove(c.id)
             with self._events:
                 self._publish(
                     TASK_DELETE,

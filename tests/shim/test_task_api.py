@@ -527,3 +527,18 @@ def test_unknown_options_and_bad_requests(
         shim.empty("Checkpoint", api.CheckpointTaskRequest(id=shim.id, path="/x"))
     assert checkpoint.value.code == codes.UNIMPLEMENTED
     shim.delete()
+
+
+def test_oom_kill_is_published(shim_env: ShimEnv, started: Started, bundle: Bundle) -> None:
+    limit = 16 << 20
+    bundle.config["linux"]["resources"]["memory"] = {"limit": limit, "swap": limit}
+    # dd's block buffer alone is four times the limit: the kernel OOM-kills it.
+    bundle.set_args("dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1").write()
+    shim = started(bundle)
+    create(shim, shim_env, bundle)
+    shim.start_task()
+    assert shim.wait().exit_status == 137
+    shim_env.sink.wait_for(shim.id, "/tasks/oom")
+    shim.delete()
+    topics = [t for t, _ in shim_env.sink.events(shim.id)]
+    assert topics.count("/tasks/oom") >= 1
