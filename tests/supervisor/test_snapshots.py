@@ -205,7 +205,7 @@ def test_bad_requests(snaps: snapshots_pb2_grpc.SnapshotsStub, ns: str) -> None:
     ):
         with pytest.raises(grpc.RpcError) as err:
             call()
-        assert f"{ns}/" not in (err.value.details() or "")  # type: ignore[attr-defined]
+        assert f"{ns}/" not in (err.value.details() or "")
     assert stat(snaps, ns, "K").name == "K", "still serving"
 
 
