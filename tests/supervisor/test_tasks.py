@@ -12,30 +12,36 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, empty_pb2
 
 from dockyard.api import typeurl
+from dockyard.api.events import task_pb2 as task_events
 from dockyard.api.runc.options import oci_pb2
 from dockyard.api.services.containers.v1 import containers_pb2
 from dockyard.api.services.tasks.v1 import tasks_pb2
+from dockyard.api.services.ttrpc.events.v1 import events_pb2 as ttrpc_events_pb2
 from dockyard.api.types.task import task_pb2
 from dockyard.errors import Unsupported
 from dockyard.supervisor.config import Config, RuntimeConfig
 from dockyard.supervisor.metadata import Container, Typed
 from dockyard.supervisor.services.tasks import TasksService
+from dockyard.ttrpc import Client, Error
 from tests.compat import host
 from tests.supervisor.conftest import Supervisor
 from tests.supervisor.taskutil import (
+    DOCKYARD_SHIM,
     RUNC_SHIM,
     RUNTIMES,
     EventLog,
     Runner,
+    ensure_image,
     grpc_code,
     runner_for,
     shim_pids,
@@ -45,6 +51,12 @@ from tests.supervisor.taskutil import (
 
 @pytest.fixture(params=RUNTIMES)
 def runner(supervisor: Supervisor, request: pytest.FixtureRequest) -> Iterator[Runner]:
+    yield from runner_for(supervisor, request.param)
+
+
+@pytest.fixture(params=[RUNTIMES[0], RUNTIMES[2]])
+def shim(supervisor: Supervisor, request: pytest.FixtureRequest) -> Iterator[Runner]:
+    """Each shim with its usual runtime: for what the shim answers itself."""
     yield from runner_for(supervisor, request.param)
 
 
@@ -90,6 +102,9 @@ def test_detached_task_lifecycle(runner: Runner) -> None:
     assert row[2] == "RUNNING"
     assert host.alive(pid)
     assert len(shim_pids(cid)) == 1
+    # the shim's own log (the bundle's log FIFO) is copied to the supervisor's
+    label = f"{runner.sup.namespace}/{cid}: "
+    host.wait_for(lambda: label in runner.sup.log.read_text(), 10, "the shim's log lines")
     assert (runner.bundle(cid) / "config.json").exists()
     assert os.readlink(runner.bundle(cid) / "work") == str(runner.work_dir(cid))
     # the shim mounted the snapshot on the bundle's rootfs
@@ -183,12 +198,14 @@ def test_a_cancelled_wait_leaves_the_others(runc: Runner) -> None:
     api.Delete(tasks_pb2.DeleteTaskRequest(container_id=cid), metadata=md)
 
 
-def test_the_shims_events_reach_subscribers(runc: Runner) -> None:
+def test_the_shims_events_reach_subscribers(shim: Runner) -> None:
     """Task events travel shim -> ttrpc Forward -> the exchange -> a gRPC subscriber."""
-    events = EventLog(runc.sup, 'topic~="^/tasks/"').start()
+    ttrpc_socket = os.stat(shim.sup.address + ".ttrpc")
+    assert ttrpc_socket.st_mode & 0o777 == 0o660
+    events = EventLog(shim.sup, 'topic~="^/tasks/"').start()
     try:
-        cid = runc.container("sh", "-c", "exit 4")
-        assert runc.start(cid, check=False).returncode == 4
+        cid = shim.container("sh", "-c", "exit 4")
+        assert shim.start(cid, check=False).returncode == 4
         events.wait(cid, "/tasks/delete")
         assert events.topics(cid) == [
             "/tasks/create",
@@ -199,6 +216,45 @@ def test_the_shims_events_reach_subscribers(runc: Runner) -> None:
         exit_ = events.event(cid, "/tasks/exit")
         assert (exit_.id, exit_.exit_status) == (cid, 4)
         assert exit_.pid > 0
+    finally:
+        events.close()
+
+
+def test_forwarded_envelopes_are_published_as_they_came(supervisor: Supervisor) -> None:
+    """The ttrpc Forward endpoint, called as a shim calls it."""
+    events = EventLog(supervisor, 'topic=="/tasks/oom"').start()
+    envelope = ttrpc_events_pb2.Envelope(
+        namespace=supervisor.namespace,
+        topic="/tasks/oom",
+        event=typeurl.pack(task_events.TaskOOM(container_id="forwarded")),
+    )
+    envelope.timestamp.FromDatetime(datetime(2020, 1, 2, tzinfo=UTC))
+    with Client(supervisor.address + ".ttrpc") as client:
+        for bad in (
+            ttrpc_events_pb2.Envelope(namespace=supervisor.namespace, topic="no-slash"),
+            ttrpc_events_pb2.Envelope(namespace="", topic="/tasks/oom"),
+        ):
+            with pytest.raises(Error) as e:
+                client.call_typed(
+                    "containerd.services.events.ttrpc.v1.Events",
+                    "Forward",
+                    ttrpc_events_pb2.ForwardRequest(envelope=bad),
+                    empty_pb2.Empty,
+                    timeout=10,
+                )
+            assert e.value.grpc_code == "INVALID_ARGUMENT"
+        client.call_typed(
+            "containerd.services.events.ttrpc.v1.Events",
+            "Forward",
+            ttrpc_events_pb2.ForwardRequest(envelope=envelope),
+            empty_pb2.Empty,
+            timeout=10,
+        )
+    try:
+        events.wait("forwarded", "/tasks/oom")
+        (got,) = [e for e in events.envelopes if e.topic == "/tasks/oom"]
+        assert got.timestamp == envelope.timestamp
+        assert got.namespace == supervisor.namespace
     finally:
         events.close()
 
@@ -222,8 +278,8 @@ def test_tasks_are_per_namespace(runc: Runner) -> None:
 # --- bad input ----------------------------------------------------------------------
 
 
-def test_bad_requests_are_refused_and_the_daemon_keeps_serving(runc: Runner) -> None:
-    api, md = runc.tasks_api(), runc.sup.md()
+def test_bad_requests_are_refused_and_the_daemon_keeps_serving(shim: Runner) -> None:
+    api, md = shim.tasks_api(), shim.sup.md()
 
     def code(method: str, request: Any, metadata: Any = md) -> grpc.StatusCode:
         return grpc_code(lambda: getattr(api, method)(request, metadata=metadata, timeout=30))
@@ -237,7 +293,7 @@ def test_bad_requests_are_refused_and_the_daemon_keeps_serving(runc: Runner) -> 
         code("Create", tasks_pb2.CreateTaskRequest(container_id="nosuch"), [])
         == grpc.StatusCode.FAILED_PRECONDITION
     )
-    cid = runc.container("sleep", "1000")
+    cid = shim.container("sleep", "1000")
     # a container without a task
     for method, request in [
         ("Get", tasks_pb2.GetRequest(container_id=cid)),
@@ -254,7 +310,7 @@ def test_bad_requests_are_refused_and_the_daemon_keeps_serving(runc: Runner) -> 
         code("Create", tasks_pb2.CreateTaskRequest(container_id=cid))
         == grpc.StatusCode.ALREADY_EXISTS
     )
-    assert runc.get(cid).process.status == task_pb2.CREATED
+    assert shim.get(cid).process.status == task_pb2.CREATED
     api.Start(tasks_pb2.StartRequest(container_id=cid), metadata=md)
     # containerd's runc shim answers a second start with an untyped error
     assert code("Start", tasks_pb2.StartRequest(container_id=cid)) in (
@@ -282,7 +338,7 @@ def test_bad_requests_are_refused_and_the_daemon_keeps_serving(runc: Runner) -> 
     )
     # a running task is not deleted
     assert code("Delete", tasks_pb2.DeleteTaskRequest(container_id=cid)) != grpc.StatusCode.OK
-    assert runc.get(cid).process.status == task_pb2.RUNNING
+    assert shim.get(cid).process.status == task_pb2.RUNNING
 
     api.Kill(tasks_pb2.KillRequest(container_id=cid, signal=9, all=True), metadata=md)
     assert (
@@ -291,8 +347,8 @@ def test_bad_requests_are_refused_and_the_daemon_keeps_serving(runc: Runner) -> 
     )
     deleted = api.Delete(tasks_pb2.DeleteTaskRequest(container_id=cid), metadata=md)
     assert deleted.exit_status == 137
-    assert not runc.bundle(cid).exists()
-    assert "dockyard" in runc.ctr("version").stdout
+    assert not shim.bundle(cid).exists()
+    assert "dockyard" in shim.ctr("version").stdout
 
 
 def test_an_unknown_runtime_is_not_found_and_leaves_nothing(runc: Runner) -> None:
@@ -400,3 +456,33 @@ def test_the_bundle_has_the_containers_spec(runc: Runner) -> None:
     runc.ctr("task", "kill", "-s", "SIGKILL", cid)
     wait_for_status(runc, cid, "STOPPED")
     runc.ctr("task", "delete", cid)
+
+
+def test_a_task_without_rootfs_mounts_gets_its_containers_snapshot(supervisor: Supervisor) -> None:
+    """CreateTaskRequest.rootfs empty: the supervisor asks the container's snapshotter."""
+    runner = Runner(supervisor, DOCKYARD_SHIM, "")
+    try:
+        ensure_image(supervisor)
+        cid = runner.new_id()
+        flags = [f for f in runner.run_flags() if f != "--fifo-dir" and f != str(runner.fifo_dir)]
+        runner.ids.append((supervisor.namespace, cid))
+        runner.ctr(
+            "container",
+            "create",
+            *flags,
+            supervisor.image.ref,
+            cid,
+            "--",  # ctr's container create would take the args' flags as its own
+            "sh",
+            "-c",
+            "test -x /bin/busybox && exit 6",
+        )
+        api, md = runner.tasks_api(), supervisor.md()
+        api.Create(tasks_pb2.CreateTaskRequest(container_id=cid), metadata=md)
+        api.Start(tasks_pb2.StartRequest(container_id=cid), metadata=md)
+        waited = api.Wait(tasks_pb2.WaitRequest(container_id=cid), metadata=md, timeout=30)
+        assert waited.exit_status == 6
+        api.Delete(tasks_pb2.DeleteTaskRequest(container_id=cid), metadata=md)
+        assert not runner.bundle(cid).exists()
+    finally:
+        runner.cleanup()
