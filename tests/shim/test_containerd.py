@@ -194,3 +194,21 @@ def test_shim_log_reaches_containerd(runner: Runner, containerd: Containerd) -> 
     p = runner.run("--rm", cid=runner.new_id(), args=["true"])
     assert p.returncode == 0, p.stderr
     assert "serving the task api" in Path(containerd.log).read_text()
+
+
+def test_task_outlives_a_containerd_restart(runner: Runner, containerd: Containerd) -> None:
+    """The shim keeps its container while containerd is down; containerd reconnects
+    to it (the bundle's ``address`` file) and its events reach the new daemon."""
+    cid = runner.new_id()
+    p = runner.run("--detach", cid=cid, args=["sleep", "1000"])
+    assert p.returncode == 0, p.stderr
+    assert containerd.proc is not None
+    host.stop_process(containerd.proc)
+    containerd.start()
+    assert containerd.tasks().get(cid) == "RUNNING"
+    p = runner.exec(cid, "after", "echo", "still here")
+    assert (p.returncode, p.stdout) == (0, "still here\n"), p.stderr
+    containerd.ctr("task", "kill", "--signal", "SIGKILL", cid)
+    host.wait_for(lambda: containerd.tasks().get(cid) == "STOPPED", 30, f"task {cid} to stop")
+    containerd.ctr("task", "delete", cid)
+    containerd.ctr("container", "delete", cid)
