@@ -282,10 +282,11 @@ class NamespacedContent:
                     backend_ref(ns, ref), expected=expected or None, total=total or None
                 )
             except AlreadyExists:
-                # committed by another namespace since the check above
+                # stored for another namespace (since the check above, or with
+                # another size: then this write's commit finds the mismatch)
                 shared_size = self._shared_size(expected, total)
                 if shared_size is None:
-                    raise
+                    backend = self.backend.writer(backend_ref(ns, ref), total=total or None)
         try:
             if lease:
                 self.leases.add_resource(ns, lease, Resource("ingests", ref))

@@ -19,10 +19,25 @@ import pytest
 
 from dockyard.api.services.content.v1 import content_pb2 as cpb
 from dockyard.api.services.content.v1 import content_pb2_grpc
+from dockyard.api.services.diff.v1 import diff_pb2_grpc
+from dockyard.api.services.images.v1 import images_pb2_grpc
+from dockyard.api.services.leases.v1 import leases_pb2_grpc
+from dockyard.api.services.snapshots.v1 import snapshots_pb2_grpc
 from tests.compat import host
 from tests.image.registry_fixture import RegistryServer
 from tests.images import ImageArchive
 from tests.supervisor.conftest import Supervisor
+
+
+class Stubs:
+    """The image-side services on one channel."""
+
+    def __init__(self, ch: grpc.Channel) -> None:
+        self.content = content_pb2_grpc.ContentStub(ch)
+        self.images = images_pb2_grpc.ImagesStub(ch)
+        self.snapshots = snapshots_pb2_grpc.SnapshotsStub(ch)
+        self.diff = diff_pb2_grpc.DiffStub(ch)
+        self.leases = leases_pb2_grpc.LeasesStub(ch)
 
 
 def digest_of(data: bytes) -> str:

@@ -282,6 +282,25 @@ def test_namespaces_see_their_own_and_share_storage(
             )
             == data
         )
+
+        # a writer that claims another size is not handed the stored blob
+        third = open_namespace(supervisor)
+        wrong = [
+            cpb.WriteContentRequest(
+                action=cpb.STAT, ref="liar", total=len(data) + 1, expected=dgst
+            ),
+            cpb.WriteContentRequest(action=cpb.COMMIT, data=data, total=len(data) + 1),
+        ]
+        try:
+            resps = content.Write(iter(wrong), metadata=md(third))
+            assert next(resps).offset == 0
+            with fails(Code.FAILED_PRECONDITION, "incomplete"):
+                next(resps)
+            with fails(Code.NOT_FOUND):
+                content.Info(cpb.InfoRequest(digest=dgst), metadata=md(third))
+            assert backend_blobs(supervisor) == stored
+        finally:
+            empty_namespace(supervisor, third)
     finally:
         empty_namespace(supervisor, other)
 

@@ -11,13 +11,11 @@ import grpc
 import pytest
 
 from dockyard.api.services.content.v1 import content_pb2 as cpb
-from dockyard.api.services.content.v1 import content_pb2_grpc
 from dockyard.api.services.leases.v1 import leases_pb2 as lpb
-from dockyard.api.services.leases.v1 import leases_pb2_grpc
 from dockyard.api.services.snapshots.v1 import snapshots_pb2 as spb
-from dockyard.api.services.snapshots.v1 import snapshots_pb2_grpc
 from tests.supervisor.conftest import Supervisor
 from tests.supervisor.imageside import (
+    Stubs,
     backend_blobs,
     digest_of,
     empty_namespace,
@@ -28,13 +26,6 @@ from tests.supervisor.imageside import (
 )
 
 Code = grpc.StatusCode
-
-
-class Stubs:
-    def __init__(self, ch: grpc.Channel) -> None:
-        self.leases = leases_pb2_grpc.LeasesStub(ch)
-        self.content = content_pb2_grpc.ContentStub(ch)
-        self.snapshots = snapshots_pb2_grpc.SnapshotsStub(ch)
 
 
 @pytest.fixture(scope="module")

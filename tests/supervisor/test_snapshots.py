@@ -19,7 +19,6 @@ from google.protobuf import field_mask_pb2
 from dockyard.api import typeurl
 from dockyard.api.events import snapshot_pb2 as events
 from dockyard.api.services.content.v1 import content_pb2 as cpb
-from dockyard.api.services.content.v1 import content_pb2_grpc
 from dockyard.api.services.diff.v1 import diff_pb2 as dpb
 from dockyard.api.services.diff.v1 import diff_pb2_grpc
 from dockyard.api.services.events.v1 import events_pb2 as epb
@@ -30,6 +29,7 @@ from dockyard.api.types import descriptor_pb2, mount_pb2
 from dockyard.spec.mount import Mount, mount_all, unmount_all
 from tests.supervisor.conftest import Supervisor
 from tests.supervisor.imageside import (
+    Stubs,
     digest_of,
     empty_namespace,
     fails,
@@ -45,24 +45,14 @@ OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
 @pytest.fixture(scope="module")
-def stubs(
-    supervisor: Supervisor,
-) -> Iterator[
-    tuple[snapshots_pb2_grpc.SnapshotsStub, diff_pb2_grpc.DiffStub, content_pb2_grpc.ContentStub]
-]:
+def stubs(supervisor: Supervisor) -> Iterator[Stubs]:
     with supervisor.channel() as ch:
-        yield (
-            snapshots_pb2_grpc.SnapshotsStub(ch),
-            diff_pb2_grpc.DiffStub(ch),
-            content_pb2_grpc.ContentStub(ch),
-        )
+        yield Stubs(ch)
 
 
 @pytest.fixture
-def snaps(
-    stubs: tuple[snapshots_pb2_grpc.SnapshotsStub, object, object],
-) -> snapshots_pb2_grpc.SnapshotsStub:
-    return stubs[0]
+def snaps(stubs: Stubs) -> snapshots_pb2_grpc.SnapshotsStub:
+    return stubs.snapshots
 
 
 @pytest.fixture
@@ -279,13 +269,11 @@ def apply(
 
 def test_apply_and_diff(
     supervisor: Supervisor,
-    stubs: tuple[
-        snapshots_pb2_grpc.SnapshotsStub, diff_pb2_grpc.DiffStub, content_pb2_grpc.ContentStub
-    ],
+    stubs: Stubs,
     ns: str,
     tmp_path: Path,
 ) -> None:
-    snaps, diff, content = stubs
+    snaps, diff, content = stubs.snapshots, stubs.diff, stubs.content
     base = layer({"etc/base": b"base file", "etc/gone": b"to be deleted"})
     write_blob(content, ns, base)
     applied = apply(diff, ns, digest_of(base), len(base), OCI_TAR, prepare(snaps, ns, "l0"))
@@ -340,13 +328,11 @@ def test_apply_and_diff(
 
 def test_bad_applies_leave_nothing_mounted(
     supervisor: Supervisor,
-    stubs: tuple[
-        snapshots_pb2_grpc.SnapshotsStub, diff_pb2_grpc.DiffStub, content_pb2_grpc.ContentStub
-    ],
+    stubs: Stubs,
     ns: str,
     tmp_path: Path,
 ) -> None:
-    snaps, diff, content = stubs
+    snaps, diff, content = stubs.snapshots, stubs.diff, stubs.content
     junk = b"this is not a tar archive" * 100
     write_blob(content, ns, junk)
     mounts = prepare(snaps, ns, "target")  # a bind mount: applied through a temporary mount

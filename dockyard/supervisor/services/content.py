@@ -157,6 +157,7 @@ class ContentService(content_pb2_grpc.ContentServicer):
         if not ref:
             raise InvalidArgument("write: the first message must have a ref")
         total, expected = req.total, req.expected
+        self.sup.metadata.ensure_namespace(ns)
         w = self.store.writer(ns, ref, total=total, expected=expected, lease=lease_of(context))
         try:
             while True:

@@ -202,6 +202,7 @@ class DiffService(diff_pb2_grpc.DiffServicer):
         with contextlib.ExitStack() as stack:
             lower_dir = stack.enter_context(self._mounted(lower, readonly=True)) if lower else None
             upper_dir = stack.enter_context(self._mounted(upper, readonly=True))
+            self.sup.metadata.ensure_namespace(ns)
             w = self.store.writer(ns, ref, lease=lease_of(context))
             committed = False
             try:
