@@ -624,7 +624,12 @@ class ShimManager:
                 self._discard(shim)
                 raise
             with self._lock:
-                self._shims[key] = shim
+                # A shim that died since is being cleaned up without events:
+                # it must not be listed now.
+                if not shim.gone.is_set():
+                    self._shims[key] = shim
+            if shim.gone.is_set():
+                raise SystemFailure(f"create task {cid}: the shim exited")
             return shim, int(resp.pid)
         finally:
             with self._lock:
@@ -895,20 +900,34 @@ class ShimManager:
             address = bundle.read("address").strip()
             shim.log_fd = self._logs.open(os.path.join(bundle.path, "log"), f"{ns}/{cid}")
             shim.client = Client(address, on_close=lambda: self._disconnected(shim))
-            shim.pid(timeout=LOAD_TIMEOUT)  # is anyone there?
+            shim.pid(timeout=LOAD_TIMEOUT)  # is anyone there? (containerd's check)
         except (OSError, DockyardError) as e:
-            log.warning("task %s/%s: shim is gone (%s)", ns, cid, e)
-            shim.gone.set()
-            shim.close()
-            self._close_log(shim)
-            exit_ = self._binary_delete(shim)
-            # containerd publishes nothing here; whoever tracks the task must
-            # still learn it ended while nobody was listening.
-            self._publish_exit(shim, exit_)
+            self._load_failed(shim, e)
             return
+        try:
+            shim.call("State", shim_pb2.StateRequest(id=cid), shim_pb2.StateResponse, LOAD_TIMEOUT)
+        except Error as e:
+            if e.code == codes.NOT_FOUND:
+                # The supervisor stopped between starting the shim and its
+                # task's create: nobody knows of the task, it only blocks the id.
+                log.warning("task %s/%s: its shim has no task; removing it", ns, cid)
+                self._discard(shim)
+                return
+            # otherwise a slow shim is still the task's (listed UNKNOWN meanwhile)
         with self._lock:
-            self._shims[(ns, cid)] = shim
+            if not shim.gone.is_set():  # else it hung up already, and is cleaned up
+                self._shims[(ns, cid)] = shim
         log.info("task %s/%s: reconnected to its shim", ns, cid)
+
+    def _load_failed(self, shim: Shim, e: BaseException) -> None:
+        log.warning("task %s/%s: shim is gone (%s)", shim.namespace, shim.id, e)
+        shim.gone.set()
+        shim.close()
+        self._close_log(shim)
+        exit_ = self._binary_delete(shim)
+        # containerd publishes nothing here; whoever tracks the task must
+        # still learn it ended while nobody was listening.
+        self._publish_exit(shim, exit_)
 
     def _cleanup_work_dirs(self, ns: str) -> None:
         # Work dirs of tasks not loaded (the state dir went with a reboot).

@@ -17,8 +17,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from dockyard.api.runtime.task.v2 import shim_pb2
 from dockyard.api.services.tasks.v1 import tasks_pb2
 from dockyard.api.types.task import task_pb2
+from dockyard.ttrpc import Client
 from tests.compat import host
 from tests.supervisor.conftest import Supervisor
 from tests.supervisor.taskutil import (
@@ -156,3 +158,33 @@ def test_a_created_task_is_found_again(shim: Runner) -> None:
         == 137
     )
     api.Delete(tasks_pb2.DeleteTaskRequest(container_id=cid), metadata=md)
+
+
+def test_a_shim_without_its_task_is_shut_down_on_load(shim: Runner) -> None:
+    """The supervisor died between a shim's start and its task's create: on
+    restart the shim has no task; it is shut down and the id is free again."""
+    sup = shim.sup
+    cid = shim.container("sleep", "1000")
+    shim.start(cid, detach=True)
+    pid = task_pid(shim, cid)
+    address = (shim.bundle(cid) / "address").read_text()
+    sup.kill(signal.SIGKILL)
+    # what the shim has left is a shim without a task
+    os.kill(pid, signal.SIGKILL)
+    host.wait_for(lambda: gone(pid), 10, "the container to exit")
+    with Client(address) as client:
+        client.call_typed(
+            "containerd.task.v2.Task",
+            "Delete",
+            shim_pb2.DeleteRequest(id=cid),
+            shim_pb2.DeleteResponse,
+            timeout=10,
+        )
+    assert shim_pids(cid)
+    sup.start()
+
+    assert cid not in sup.tasks()
+    assert not shim.bundle(cid).exists()
+    host.wait_for(lambda: not shim_pids(cid), 10, "the shim to be shut down")
+    shim.start(cid, detach=True)
+    assert sup.tasks()[cid] == "RUNNING"
