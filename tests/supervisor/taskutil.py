@@ -196,6 +196,16 @@ def shim_pids(cid: str) -> list[int]:
     return [pid for pid in host.pids_mentioning(f"-id {cid} ") if host.alive(pid)]
 
 
+def catches(pid: int, sig: int) -> bool:
+    """Whether ``pid`` has a handler for ``sig`` yet (SigCgt in /proc/<pid>/status):
+    as a pid namespace's init it ignores the signal until it has one."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
+    return False
+
+
 def grpc_code(call: Any) -> grpc.StatusCode:
     """The status code a gRPC call fails with (the test fails if it succeeds)."""
     try:
@@ -212,6 +222,9 @@ def runner_for(sup: Supervisor, param: tuple[str, str]) -> Iterator[Runner]:
     try:
         yield r
     finally:
+        # a test that failed while the supervisor was down leaves it down
+        if sup.proc is not None and sup.proc.poll() is not None:
+            sup.start()
         r.cleanup()
 
 

@@ -27,6 +27,7 @@ from tests.supervisor.taskutil import (
     RUNTIMES,
     EventLog,
     Runner,
+    catches,
     runner_for,
     shim_pids,
     wait_for_status,
@@ -69,6 +70,7 @@ def test_tasks_outlive_the_supervisor(runner: Runner, sig: signal.Signals) -> No
     assert all(host.alive(pid) for pid in pids.values())
     assert all(len(s) == 1 and host.alive(s[0]) for s in shims.values()), shims
     # one container exits while nobody listens
+    host.wait_for(lambda: catches(pids[exiting], signal.SIGTERM), 20, "the trap to be set")
     os.kill(pids[exiting], signal.SIGTERM)
     host.wait_for(lambda: gone(pids[exiting]), 20, "the container to exit")
     sup.start()

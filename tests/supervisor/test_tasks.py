@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +42,7 @@ from tests.supervisor.taskutil import (
     RUNTIMES,
     EventLog,
     Runner,
+    catches,
     ensure_image,
     grpc_code,
     runner_for,
@@ -172,7 +174,8 @@ def test_wait_returns_the_exit_status(runc: Runner) -> None:
     api.Create(tasks_pb2.CreateTaskRequest(container_id=cid), metadata=md)
     # Wait is unary: it answers when the process exits.
     waiting = api.Wait.future(tasks_pb2.WaitRequest(container_id=cid), metadata=md)
-    api.Start(tasks_pb2.StartRequest(container_id=cid), metadata=md)
+    started = api.Start(tasks_pb2.StartRequest(container_id=cid), metadata=md)
+    host.wait_for(lambda: catches(started.pid, signal.SIGTERM), 20, "the trap to be set")
     assert not waiting.done()
     api.Kill(tasks_pb2.KillRequest(container_id=cid, signal=15), metadata=md)
     assert waiting.result(timeout=30).exit_status == 5
