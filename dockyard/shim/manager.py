@@ -195,14 +195,11 @@ def _apply_options(pid: int) -> None:
         data += chunk
     if not data:
         return
-    from google.protobuf import any_pb2
-    from google.protobuf.message import DecodeError
+    from dockyard.shim import messages, options
+    from dockyard.shim.codec import DecodeError
 
-    from dockyard.shim import options
-
-    value = any_pb2.Any()
     try:
-        value.ParseFromString(data)
+        value = messages.Any.FromString(data)
     except DecodeError as e:
         raise SystemFailure(f"runtime options on stdin: {e}") from None
     cgroup = options.parse(value).shim_cgroup
@@ -226,10 +223,7 @@ def _adjust_oom_score(pid: int) -> None:
 
 
 def delete(flags: Flags) -> int:
-    from google.protobuf import timestamp_pb2
-
-    from dockyard.api.runtime.task.v2 import shim_pb2
-    from dockyard.shim import options
+    from dockyard.shim import messages, options
     from dockyard.shim.container import shim_dir
     from dockyard.shim.process import INIT_PID_FILE, read_pid_file
     from dockyard.shim.reaper import DirectLauncher
@@ -263,8 +257,7 @@ def delete(flags: Flags) -> int:
         pid = read_pid_file(os.path.join(bundle, INIT_PID_FILE))
     except (OSError, DockyardError):
         pid = 0
-    now = timestamp_pb2.Timestamp()
-    now.FromNanoseconds(time.time_ns())
-    response = shim_pb2.DeleteResponse(pid=pid, exit_status=128 + 9, exited_at=now)
+    now = messages.Timestamp.from_ns(time.time_ns())
+    response = messages.DeleteResponse(pid=pid, exit_status=128 + 9, exited_at=now)
     sys.stdout.buffer.write(response.SerializeToString())
     return 0

@@ -22,12 +22,12 @@ from __future__ import annotations
 import os
 
 from dockyard.errors import InvalidArgument
+from dockyard.shim import messages as m
+from dockyard.shim.codec import DecodeError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
-
-    from google.protobuf.any_pb2 import Any as AnyMessage
 
 OPTIONS_FILE = "options.json"
 
@@ -78,38 +78,29 @@ def _from_message(msg: Any) -> ShimOptions:
     return out
 
 
-def parse(value: AnyMessage | None) -> ShimOptions:
+def parse(value: m.Any | None) -> ShimOptions:
     """The options in a CreateTaskRequest's ``options`` (absent: defaults)."""
     if value is None or not value.type_url:
         return ShimOptions()
-    from dockyard.api import typeurl
-
     name = value.type_url.rsplit("/", 1)[-1]
-    if name == "containerd.runc.v1.Options":
-        from dockyard.api.runc.options import oci_pb2
-
-        return _from_message(typeurl.unpack_to(value, oci_pb2.Options))
-    if name == "containerd.linux.runc.CreateOptions":
-        from dockyard.api.runtime.linux.runctypes import runc_pb2
-
-        return _from_message(typeurl.unpack_to(value, runc_pb2.CreateOptions))
-    if name == "containerd.linux.runc.RuncOptions":
-        from dockyard.api.runtime.linux.runctypes import runc_pb2
-
-        legacy = typeurl.unpack_to(value, runc_pb2.RuncOptions)
-        return ShimOptions(
-            binary_name=legacy.runtime,
-            root=legacy.runtime_root,
-            criu_path=legacy.criu_path,
-            systemd_cgroup=legacy.systemd_cgroup,
-        )
-    if name == "runtimeoptions.v1.Options":
-        from dockyard.api.runtimeoptions.v1 import api_pb2
-
-        generic = typeurl.unpack_to(value, api_pb2.Options)
-        if not generic.config_path:
-            return ShimOptions()
-        return read_config(generic.config_path)
+    try:
+        if name == m.RuncShimOptions.FULL_NAME:
+            return _from_message(m.RuncShimOptions.FromString(value.value))
+        if name == m.LegacyCreateOptions.FULL_NAME:
+            return _from_message(m.LegacyCreateOptions.FromString(value.value))
+        if name == m.LegacyRuncOptions.FULL_NAME:
+            legacy = m.LegacyRuncOptions.FromString(value.value)
+            return ShimOptions(
+                binary_name=legacy.runtime,
+                root=legacy.runtime_root,
+                criu_path=legacy.criu_path,
+                systemd_cgroup=legacy.systemd_cgroup,
+            )
+        if name == m.RuntimeOptions.FULL_NAME:
+            generic = m.RuntimeOptions.FromString(value.value)
+            return read_config(generic.config_path) if generic.config_path else ShimOptions()
+    except DecodeError as e:
+        raise InvalidArgument(f"runtime options of type {value.type_url!r}: {e}") from None
     raise InvalidArgument(f"runtime options of type {value.type_url!r}: not known to this shim")
 
 

@@ -16,14 +16,13 @@ import threading
 import time
 
 from dockyard.shim import log
+from dockyard.shim import messages as m
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
 
-    from google.protobuf.message import Message
-
+    from dockyard.shim.codec import Message
     from dockyard.ttrpc import Client
 
 EVENTS_SERVICE = "containerd.services.events.ttrpc.v1.Events"
@@ -48,7 +47,7 @@ class Publisher:
         self._connect = connect
         self._retry_pause = retry_pause
         self._client: Client | None = None
-        self._queue: collections.deque[Message] = collections.deque()
+        self._queue: collections.deque[m.Envelope] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
@@ -56,22 +55,18 @@ class Publisher:
 
     def publish(self, topic: str, event: Message) -> None:
         """Queue ``event`` (a containerd.events message) under ``topic``."""
-        from google.protobuf import timestamp_pb2
-
-        from dockyard.api import typeurl
-        from dockyard.api.services.ttrpc.events.v1 import events_pb2
-
-        now = timestamp_pb2.Timestamp()
-        now.FromNanoseconds(time.time_ns())
-        envelope = events_pb2.Envelope(
-            timestamp=now, namespace=self.namespace, topic=topic, event=typeurl.pack(event)
+        envelope = m.Envelope(
+            timestamp=m.Timestamp.from_ns(time.time_ns()),
+            namespace=self.namespace,
+            topic=topic,
+            event=m.pack(event),
         )
         with self._cond:
             if self._closing:
                 return
             if len(self._queue) >= QUEUE_LIMIT:
                 dropped = self._queue.popleft()
-                log.error(f"event queue full: dropped {getattr(dropped, 'topic', '?')}")
+                log.error(f"event queue full: dropped {dropped.topic}")
             self._queue.append(envelope)
             self._cond.notify()
 
@@ -98,13 +93,11 @@ class Publisher:
             with self._cond:
                 self._queue.popleft()
 
-    def _send(self, envelope: Any) -> None:
-        from dockyard.api.services.ttrpc.events.v1 import events_pb2
-
+    def _send(self, envelope: m.Envelope) -> None:
         if not self.address:
             return  # nobody to tell (a shim run by hand)
-        request = events_pb2.ForwardRequest(envelope=envelope)
-        topic = getattr(envelope, "topic", "")
+        request = m.ForwardRequest(envelope=envelope)
+        topic = envelope.topic
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 self._forward(request)
@@ -122,9 +115,7 @@ class Publisher:
                     self._cond.wait(pause)
         log.error(f"dropped event {topic} after {MAX_ATTEMPTS} attempts")
 
-    def _forward(self, request: Message) -> None:
-        from google.protobuf import empty_pb2
-
+    def _forward(self, request: m.ForwardRequest) -> None:
         if self._client is None or self._client.closed:
             if self._connect is not None:
                 self._client = self._connect(self.address)
@@ -133,5 +124,5 @@ class Publisher:
 
                 self._client = Client(self.address)
         self._client.call_typed(
-            EVENTS_SERVICE, "Forward", request, empty_pb2.Empty, timeout=FORWARD_TIMEOUT
+            EVENTS_SERVICE, "Forward", request, m.Empty, timeout=FORWARD_TIMEOUT
         )

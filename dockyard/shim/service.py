@@ -20,15 +20,12 @@ import os
 import threading
 import time
 
-from google.protobuf import empty_pb2, timestamp_pb2
-
-from dockyard.api.events import task_pb2 as events
-from dockyard.api.runtime.task.v2 import shim_pb2 as api
-from dockyard.api.types.task import task_pb2 as task_types
 from dockyard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from dockyard.shim import log
+from dockyard.shim import messages as m
 from dockyard.shim import options as shim_options
 from dockyard.shim.container import Container, validate_id
+from dockyard.shim.messages import timestamp
 from dockyard.shim.process import Exec, Init, Process
 from dockyard.shim.stdio import Stdio
 
@@ -37,8 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from google.protobuf.message import Message
-
+    from dockyard.shim.codec import Message
     from dockyard.shim.oom import OOMWatcher
     from dockyard.shim.publisher import Publisher
     from dockyard.shim.reaper import Exit, Launcher
@@ -58,23 +54,15 @@ TASK_RESUMED = "/tasks/resumed"
 TASK_OOM = "/tasks/oom"
 
 _STATUS = {
-    "created": task_types.CREATED,
-    "running": task_types.RUNNING,
-    "stopped": task_types.STOPPED,
-    "deleted": task_types.STOPPED,
-    "paused": task_types.PAUSED,
-    "pausing": task_types.PAUSING,
+    "created": m.CREATED,
+    "running": m.RUNNING,
+    "stopped": m.STOPPED,
+    "deleted": m.STOPPED,
+    "paused": m.PAUSED,
+    "pausing": m.PAUSING,
 }
 
-_EMPTY = empty_pb2.Empty()
-
-
-def timestamp(ns: int) -> timestamp_pb2.Timestamp | None:
-    if not ns:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(ns)
-    return ts
+_EMPTY = m.Empty()
 
 
 class TaskService:
@@ -111,23 +99,23 @@ class TaskService:
     def handlers(self) -> dict[str, tuple[Any, Any]]:
         """The methods for ``ttrpc.Server.register_typed``."""
         return {
-            "State": (api.StateRequest, self.state),
-            "Create": (api.CreateTaskRequest, self.create),
-            "Start": (api.StartRequest, self.start),
-            "Delete": (api.DeleteRequest, self.delete),
-            "Pids": (api.PidsRequest, self.pids),
-            "Pause": (api.PauseRequest, self.pause),
-            "Resume": (api.ResumeRequest, self.resume),
-            "Checkpoint": (api.CheckpointTaskRequest, self.checkpoint),
-            "Kill": (api.KillRequest, self.kill),
-            "Exec": (api.ExecProcessRequest, self.exec),
-            "ResizePty": (api.ResizePtyRequest, self.resize_pty),
-            "CloseIO": (api.CloseIORequest, self.close_io),
-            "Update": (api.UpdateTaskRequest, self.update),
-            "Wait": (api.WaitRequest, self.wait),
-            "Stats": (api.StatsRequest, self.stats),
-            "Connect": (api.ConnectRequest, self.connect),
-            "Shutdown": (api.ShutdownRequest, self.shutdown),
+            "State": (m.StateRequest, self.state),
+            "Create": (m.CreateTaskRequest, self.create),
+            "Start": (m.StartRequest, self.start),
+            "Delete": (m.DeleteRequest, self.delete),
+            "Pids": (m.PidsRequest, self.pids),
+            "Pause": (m.PauseRequest, self.pause),
+            "Resume": (m.ResumeRequest, self.resume),
+            "Checkpoint": (m.CheckpointTaskRequest, self.checkpoint),
+            "Kill": (m.KillRequest, self.kill),
+            "Exec": (m.ExecProcessRequest, self.exec),
+            "ResizePty": (m.ResizePtyRequest, self.resize_pty),
+            "CloseIO": (m.CloseIORequest, self.close_io),
+            "Update": (m.UpdateTaskRequest, self.update),
+            "Wait": (m.WaitRequest, self.wait),
+            "Stats": (m.StatsRequest, self.stats),
+            "Connect": (m.ConnectRequest, self.connect),
+            "Shutdown": (m.ShutdownRequest, self.shutdown),
         }
 
     def _publish(self, topic: str, event: Message) -> None:
@@ -186,7 +174,7 @@ class TaskService:
         with self._events:
             self._publish(
                 TASK_EXIT,
-                events.TaskExit(
+                m.TaskExit(
                     container_id=c.id,
                     id=p.id,
                     pid=e.pid,
@@ -197,7 +185,7 @@ class TaskService:
 
     # -- the task API --------------------------------------------------------
 
-    def create(self, req: api.CreateTaskRequest, ctx: Context) -> api.CreateTaskResponse:
+    def create(self, req: m.CreateTaskRequest, ctx: Context) -> m.CreateTaskResponse:
         validate_id("container id", req.id)
         if req.checkpoint:
             from dockyard.errors import Unsupported
@@ -207,12 +195,12 @@ class TaskService:
             raise InvalidArgument(f"create {req.id}: bundle {req.bundle!r} is not an absolute path")
         if not os.path.isdir(req.bundle):
             raise NotFound(f"create {req.id}: bundle {req.bundle} does not exist")
-        options = shim_options.parse(req.options if req.HasField("options") else None)
+        options = shim_options.parse(req.options)
         from dockyard.spec.mount import Mount
 
         mounts = [
-            Mount(type=m.type, source=m.source, options=list(m.options), target=m.target)
-            for m in req.rootfs
+            Mount(type=x.type, source=x.source, options=list(x.options), target=x.target)
+            for x in req.rootfs
         ]
         stdio = Stdio(req.stdin, req.stdout, req.stderr, req.terminal)
         with self._lock:
@@ -240,11 +228,11 @@ class TaskService:
         with self._events:
             self._publish(
                 TASK_CREATE,
-                events.TaskCreate(
+                m.TaskCreate(
                     container_id=req.id,
                     bundle=req.bundle,
                     rootfs=req.rootfs,
-                    io=events.TaskIO(
+                    io=m.TaskIO(
                         stdin=req.stdin,
                         stdout=req.stdout,
                         stderr=req.stderr,
@@ -256,9 +244,9 @@ class TaskService:
             )
         if early is not None:
             self._exited(c, c.init, early)
-        return api.CreateTaskResponse(pid=c.init.pid)
+        return m.CreateTaskResponse(pid=c.init.pid)
 
-    def start(self, req: api.StartRequest, ctx: Context) -> api.StartResponse:
+    def start(self, req: m.StartRequest, ctx: Context) -> m.StartResponse:
         c = self._container(req.id)
         p = c.process(req.exec_id)
         with self._events:
@@ -271,15 +259,15 @@ class TaskService:
                     early = self._end_start(c, p)
                 self._publish(
                     TASK_EXEC_STARTED,
-                    events.TaskExecStarted(container_id=c.id, exec_id=p.exec_id, pid=p.pid),
+                    m.TaskExecStarted(container_id=c.id, exec_id=p.exec_id, pid=p.pid),
                 )
                 if early is not None:
                     self._exited(c, p, early)
             else:
                 p.start()
-                self._publish(TASK_START, events.TaskStart(container_id=c.id, pid=p.pid))
+                self._publish(TASK_START, m.TaskStart(container_id=c.id, pid=p.pid))
                 self._watch_oom(c)
-        return api.StartResponse(pid=p.pid)
+        return m.StartResponse(pid=p.pid)
 
     def _watch_oom(self, c: Container) -> None:
         if not c.cgroup_paths:
@@ -292,9 +280,9 @@ class TaskService:
 
     def _on_oom(self, container_id: str) -> None:
         log.info(f"container {container_id} ran out of memory")
-        self._publish(TASK_OOM, events.TaskOOM(container_id=container_id))
+        self._publish(TASK_OOM, m.TaskOOM(container_id=container_id))
 
-    def delete(self, req: api.DeleteRequest, ctx: Context) -> api.DeleteResponse:
+    def delete(self, req: m.DeleteRequest, ctx: Context) -> m.DeleteResponse:
         c = self._container(req.id)
         p = c.process(req.exec_id)
         p.delete()
@@ -311,46 +299,49 @@ class TaskService:
             with self._events:
                 self._publish(
                     TASK_DELETE,
-                    events.TaskDelete(
+                    m.TaskDelete(
                         container_id=c.id,
                         pid=p.pid,
                         exit_status=p.exit_status,
                         exited_at=timestamp(p.exited_at_ns),
                     ),
                 )
-        return api.DeleteResponse(
+        return m.DeleteResponse(
             pid=p.pid, exit_status=p.exit_status, exited_at=timestamp(p.exited_at_ns)
         )
 
-    def exec(self, req: api.ExecProcessRequest, ctx: Context) -> empty_pb2.Empty:
+    def exec(self, req: m.ExecProcessRequest, ctx: Context) -> m.Empty:
         c = self._container(req.id)
         state = c.init.status()
         if state not in ("created", "running"):
             raise FailedPrecondition(f"cannot exec in container {req.id}: it is {state}")
-        from dockyard.api import typeurl
-
-        if not req.HasField("spec") or req.spec.type_url != typeurl.PROCESS:
+        if req.spec is None or req.spec.type_url != m.PROCESS_URL:
             raise InvalidArgument(
-                f"exec {req.exec_id}: spec must be a {typeurl.PROCESS}, "
-                f"not {req.spec.type_url or 'nothing'!r}"
+                f"exec {req.exec_id}: spec must be a {m.PROCESS_URL}, "
+                f"not {req.spec.type_url if req.spec else 'nothing'!r}"
             )
-        spec = typeurl.unpack(req.spec)
+        from dockyard import jsonio
+
+        try:
+            spec = jsonio.loads(req.spec.value)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidArgument(f"exec {req.exec_id}: spec: {e}") from None
         if not isinstance(spec, dict):
             raise InvalidArgument(f"exec {req.exec_id}: spec is not a JSON object")
         stdio = Stdio(req.stdin, req.stdout, req.stderr, req.terminal)
         p = c.add_exec(req.exec_id, stdio, spec)
-        self._publish(TASK_EXEC_ADDED, events.TaskExecAdded(container_id=c.id, exec_id=p.exec_id))
+        self._publish(TASK_EXEC_ADDED, m.TaskExecAdded(container_id=c.id, exec_id=p.exec_id))
         return _EMPTY
 
-    def state(self, req: api.StateRequest, ctx: Context) -> api.StateResponse:
+    def state(self, req: m.StateRequest, ctx: Context) -> m.StateResponse:
         c = self._container(req.id)
         p = c.process(req.exec_id)
         status = p.status()
-        return api.StateResponse(
+        return m.StateResponse(
             id=p.id,
             bundle=c.bundle,
             pid=p.pid,
-            status=_STATUS.get(status, task_types.UNKNOWN),
+            status=_STATUS.get(status, m.UNKNOWN),
             stdin=p.stdio.stdin,
             stdout=p.stdio.stdout,
             stderr=p.stdio.stderr,
@@ -360,40 +351,36 @@ class TaskService:
             exec_id=req.exec_id,
         )
 
-    def pids(self, req: api.PidsRequest, ctx: Context) -> api.PidsResponse:
+    def pids(self, req: m.PidsRequest, ctx: Context) -> m.PidsResponse:
         c = self._container(req.id)
         pids = c.init.runtime.ps(c.id)
         by_pid = {p.pid: p for p in c.execs() if p.pid}
-        out = api.PidsResponse()
+        out = m.PidsResponse()
         for pid in pids:
-            info = out.processes.add(pid=pid)
             p = by_pid.get(pid)
-            if p is not None:
-                from dockyard.api import typeurl
-                from dockyard.api.runc.options import oci_pb2
-
-                info.info.CopyFrom(typeurl.pack(oci_pb2.ProcessDetails(exec_id=p.exec_id)))
+            details = m.pack(m.ProcessDetails(exec_id=p.exec_id)) if p is not None else None
+            out.processes.append(m.ProcessInfo(pid=pid, info=details))
         return out
 
-    def pause(self, req: api.PauseRequest, ctx: Context) -> empty_pb2.Empty:
+    def pause(self, req: m.PauseRequest, ctx: Context) -> m.Empty:
         c = self._container(req.id)
         c.init.pause()
-        self._publish(TASK_PAUSED, events.TaskPaused(container_id=c.id))
+        self._publish(TASK_PAUSED, m.TaskPaused(container_id=c.id))
         return _EMPTY
 
-    def resume(self, req: api.ResumeRequest, ctx: Context) -> empty_pb2.Empty:
+    def resume(self, req: m.ResumeRequest, ctx: Context) -> m.Empty:
         c = self._container(req.id)
         c.init.resume()
-        self._publish(TASK_RESUMED, events.TaskResumed(container_id=c.id))
+        self._publish(TASK_RESUMED, m.TaskResumed(container_id=c.id))
         return _EMPTY
 
-    def checkpoint(self, req: api.CheckpointTaskRequest, ctx: Context) -> empty_pb2.Empty:
+    def checkpoint(self, req: m.CheckpointTaskRequest, ctx: Context) -> m.Empty:
         from dockyard.errors import Unsupported
 
         self._container(req.id)
         raise Unsupported(f"checkpoint {req.id}: checkpoints are not supported by this shim")
 
-    def kill(self, req: api.KillRequest, ctx: Context) -> empty_pb2.Empty:
+    def kill(self, req: m.KillRequest, ctx: Context) -> m.Empty:
         c = self._container(req.id)
         p = c.process(req.exec_id)
         if req.signal <= 0 or req.signal > 64:
@@ -401,56 +388,51 @@ class TaskService:
         p.kill(req.signal, req.all)
         return _EMPTY
 
-    def resize_pty(self, req: api.ResizePtyRequest, ctx: Context) -> empty_pb2.Empty:
+    def resize_pty(self, req: m.ResizePtyRequest, ctx: Context) -> m.Empty:
         c = self._container(req.id)
         c.process(req.exec_id).resize(req.width, req.height)
         return _EMPTY
 
-    def close_io(self, req: api.CloseIORequest, ctx: Context) -> empty_pb2.Empty:
+    def close_io(self, req: m.CloseIORequest, ctx: Context) -> m.Empty:
         c = self._container(req.id)
         p = c.process(req.exec_id)
         if req.stdin:
             p.close_io()
         return _EMPTY
 
-    def update(self, req: api.UpdateTaskRequest, ctx: Context) -> empty_pb2.Empty:
+    def update(self, req: m.UpdateTaskRequest, ctx: Context) -> m.Empty:
         c = self._container(req.id)
-        if not req.HasField("resources"):
+        if req.resources is None:
             raise InvalidArgument(f"update {req.id}: no resources given")
-        from dockyard.api import typeurl
-
-        if req.resources.type_url != typeurl.LINUX_RESOURCES:
+        if req.resources.type_url != m.LINUX_RESOURCES_URL:
             raise InvalidArgument(
-                f"update {req.id}: resources must be a {typeurl.LINUX_RESOURCES}, "
+                f"update {req.id}: resources must be a {m.LINUX_RESOURCES_URL}, "
                 f"not {req.resources.type_url!r}"
             )
         c.init.update(req.resources.value)
         return _EMPTY
 
-    def wait(self, req: api.WaitRequest, ctx: Context) -> api.WaitResponse:
+    def wait(self, req: m.WaitRequest, ctx: Context) -> m.WaitResponse:
         c = self._container(req.id)
         p = c.process(req.exec_id)
         p.wait()
-        return api.WaitResponse(exit_status=p.exit_status, exited_at=timestamp(p.exited_at_ns))
+        return m.WaitResponse(exit_status=p.exit_status, exited_at=timestamp(p.exited_at_ns))
 
-    def stats(self, req: api.StatsRequest, ctx: Context) -> api.StatsResponse:
+    def stats(self, req: m.StatsRequest, ctx: Context) -> m.StatsResponse:
         c = self._container(req.id)
         if not c.cgroup_paths:
             raise NotFound(f"stats of {req.id}: cgroup does not exist")
-        from dockyard.api import typeurl
         from dockyard.shim import stats
 
         metrics = stats.metrics(stats.manager(c.cgroup_paths))
-        return api.StatsResponse(stats=typeurl.pack(metrics))
+        return m.StatsResponse(stats=m.pack(metrics))
 
-    def connect(self, req: api.ConnectRequest, ctx: Context) -> api.ConnectResponse:
+    def connect(self, req: m.ConnectRequest, ctx: Context) -> m.ConnectResponse:
         with self._lock:
             c = self._containers.get(req.id)
-        return api.ConnectResponse(
-            shim_pid=os.getpid(), task_pid=c.init.pid if c is not None else 0
-        )
+        return m.ConnectResponse(shim_pid=os.getpid(), task_pid=c.init.pid if c is not None else 0)
 
-    def shutdown(self, req: api.ShutdownRequest, ctx: Context) -> empty_pb2.Empty:
+    def shutdown(self, req: m.ShutdownRequest, ctx: Context) -> m.Empty:
         with self._lock:
             busy = bool(self._containers or self._creating)
         if busy and not req.now:

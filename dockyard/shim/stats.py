@@ -13,12 +13,11 @@ from __future__ import annotations
 import posixpath
 
 from dockyard.errors import NotFound
+from dockyard.shim import messages as m
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
-
-    from google.protobuf.message import Message
 
     from dockyard.runtime.cgroups import CgroupManager
 
@@ -80,7 +79,7 @@ def manager(paths: dict[str, str], root: str = CGROUP_ROOT) -> CgroupManager:
     return load_manager(paths, root)
 
 
-def metrics(cg: CgroupManager) -> Message:
+def metrics(cg: CgroupManager) -> m.V1Metrics | m.V2Metrics:
     """The cgroup's statistics as the Metrics message of its cgroup version."""
     if not cg.exists():
         raise NotFound("cgroup does not exist")
@@ -99,96 +98,90 @@ def _u(v: Any) -> int:
     return n if 0 <= n < 1 << 64 else 0
 
 
-def _v1(data: dict[str, Any]) -> Message:
-    from dockyard.api.cgroups.v1 import metrics_pb2 as m
-
-    out = m.Metrics()
+def _v1(data: dict[str, Any]) -> m.V1Metrics:
     cpu = data.get("cpu", {})
     usage = cpu.get("usage", {})
-    out.cpu.usage.total = _u(usage.get("total"))
-    out.cpu.usage.kernel = _u(usage.get("kernel"))
-    out.cpu.usage.user = _u(usage.get("user"))
-    out.cpu.usage.per_cpu.extend(_u(x) for x in usage.get("percpu", []))
     thr = cpu.get("throttling", {})
-    out.cpu.throttling.periods = _u(thr.get("periods"))
-    out.cpu.throttling.throttled_periods = _u(thr.get("throttledPeriods"))
-    out.cpu.throttling.throttled_time = _u(thr.get("throttledTime"))
-
     mem = data.get("memory", {})
-    fields = set(m.MemoryStat.DESCRIPTOR.fields_by_name)
+    counters = {}
+    known = set(m.V1_MEMORY_COUNTERS)
     for key, value in mem.get("raw", {}).items():
         name = _V1_MEMORY_RENAMES.get(key, key)
-        if name in fields and name not in ("usage", "swap", "kernel", "kernel_tcp"):
-            setattr(out.memory, name, _u(value))
-    for key, name in (
-        ("usage", "usage"),
-        ("swap", "swap"),
-        ("kernel", "kernel"),
-        ("kernelTCP", "kernel_tcp"),
-    ):
-        entry = mem.get(key, {})
-        target = getattr(out.memory, name)
-        target.limit = _u(entry.get("limit"))
-        target.usage = _u(entry.get("usage"))
-        target.max = _u(entry.get("max"))
-        target.failcnt = _u(entry.get("failcnt"))
+        if name in known:
+            counters[name] = _u(value)
+
+    def entry(key: str) -> m.V1MemoryEntry:
+        e = mem.get(key, {})
+        return m.V1MemoryEntry(
+            limit=_u(e.get("limit")),
+            usage=_u(e.get("usage")),
+            max=_u(e.get("max")),
+            failcnt=_u(e.get("failcnt")),
+        )
 
     pids = data.get("pids", {})
-    out.pids.current = _u(pids.get("current"))
-    out.pids.limit = _u(pids.get("limit"))
-
     blkio = data.get("blkio", {})
-    for key, name in _V1_BLKIO.items():
-        for e in blkio.get(key, []):
-            getattr(out.blkio, name).add(
+    tables = {
+        name: [
+            m.V1BlkIOEntry(
                 op=str(e.get("op", "")),
                 major=_u(e.get("major")),
                 minor=_u(e.get("minor")),
                 value=_u(e.get("value")),
             )
-    for size, e in sorted(data.get("hugetlb", {}).items()):
-        out.hugetlb.add(
-            pagesize=size,
-            usage=_u(e.get("usage")),
-            max=_u(e.get("max")),
-            failcnt=_u(e.get("failcnt")),
-        )
-    return out
+            for e in blkio.get(key, [])
+        ]
+        for key, name in _V1_BLKIO.items()
+    }
+    return m.V1Metrics(
+        cpu=m.V1CPUStat(
+            usage=m.V1CPUUsage(
+                total=_u(usage.get("total")),
+                kernel=_u(usage.get("kernel")),
+                user=_u(usage.get("user")),
+                per_cpu=[_u(x) for x in usage.get("percpu", [])],
+            ),
+            throttling=m.V1Throttle(
+                periods=_u(thr.get("periods")),
+                throttled_periods=_u(thr.get("throttledPeriods")),
+                throttled_time=_u(thr.get("throttledTime")),
+            ),
+        ),
+        memory=m.V1MemoryStat(
+            usage=entry("usage"),
+            swap=entry("swap"),
+            kernel=entry("kernel"),
+            kernel_tcp=entry("kernelTCP"),
+            **counters,
+        ),
+        pids=m.V1PidsStat(current=_u(pids.get("current")), limit=_u(pids.get("limit"))),
+        blkio=m.V1BlkIOStat(**tables),
+        hugetlb=[
+            m.V1HugetlbStat(
+                pagesize=size,
+                usage=_u(e.get("usage")),
+                max=_u(e.get("max")),
+                failcnt=_u(e.get("failcnt")),
+            )
+            for size, e in sorted(data.get("hugetlb", {}).items())
+        ],
+    )
 
 
-def _v2(data: dict[str, Any]) -> Message:
-    from dockyard.api.cgroups.v2 import metrics_pb2 as m
-
-    out = m.Metrics()
+def _v2(data: dict[str, Any]) -> m.V2Metrics:
     cpu = data.get("cpu", {})
     usage = cpu.get("usage", {})
     thr = cpu.get("throttling", {})
-    # runc's shape has nanoseconds; cpu.stat (and this message) microseconds.
-    out.cpu.usage_usec = _u(usage.get("total")) // 1000
-    out.cpu.user_usec = _u(usage.get("user")) // 1000
-    out.cpu.system_usec = _u(usage.get("kernel")) // 1000
-    out.cpu.nr_periods = _u(thr.get("periods"))
-    out.cpu.nr_throttled = _u(thr.get("throttledPeriods"))
-    out.cpu.throttled_usec = _u(thr.get("throttledTime")) // 1000
-
     mem = data.get("memory", {})
-    fields = set(m.MemoryStat.DESCRIPTOR.fields_by_name)
-    for key, value in mem.get("raw", {}).items():
-        if key in fields:
-            setattr(out.memory, key, _u(value))
+    known = set(m.V2_MEMORY_COUNTERS)
+    counters = {k: _u(v) for k, v in mem.get("raw", {}).items() if k in known}
     use = mem.get("usage", {})
-    out.memory.usage = _u(use.get("usage"))
-    out.memory.usage_limit = _u(use.get("limit"))
-    swap = mem.get("swap", {})
+    counters["usage"] = _u(use.get("usage"))
+    counters["usage_limit"] = _u(use.get("limit"))
     # runc's swap entry counts memory+swap, as v1 did; the message has swap alone.
-    out.memory.swap_usage = max(0, _u(swap.get("usage")) - out.memory.usage)
-    out.memory_events.max = _u(use.get("failcnt"))
-
+    counters["swap_usage"] = max(0, _u(mem.get("swap", {}).get("usage")) - counters["usage"])
     pids = data.get("pids", {})
-    out.pids.current = _u(pids.get("current"))
-    out.pids.limit = _u(pids.get("limit"))
-
-    devices: dict[tuple[int, int], Any] = {}
+    devices: dict[tuple[int, int], m.V2IOEntry] = {}
     blkio = data.get("blkio", {})
     for key, (read, write) in (
         ("ioServiceBytesRecursive", ("rbytes", "wbytes")),
@@ -196,14 +189,28 @@ def _v2(data: dict[str, Any]) -> Message:
     ):
         for e in blkio.get(key, []):
             dev = (_u(e.get("major")), _u(e.get("minor")))
-            entry = devices.get(dev)
-            if entry is None:
-                entry = devices[dev] = out.io.usage.add(major=dev[0], minor=dev[1])
+            io_entry = devices.setdefault(dev, m.V2IOEntry(major=dev[0], minor=dev[1]))
             op = e.get("op")
             if op == "Read":
-                setattr(entry, read, _u(e.get("value")))
+                setattr(io_entry, read, _u(e.get("value")))
             elif op == "Write":
-                setattr(entry, write, _u(e.get("value")))
-    for size, e in sorted(data.get("hugetlb", {}).items()):
-        out.hugetlb.add(pagesize=size, current=_u(e.get("usage")), max=_u(e.get("max")))
-    return out
+                setattr(io_entry, write, _u(e.get("value")))
+    return m.V2Metrics(
+        # runc's shape has nanoseconds; cpu.stat (and this message) microseconds.
+        cpu=m.V2CPUStat(
+            usage_usec=_u(usage.get("total")) // 1000,
+            user_usec=_u(usage.get("user")) // 1000,
+            system_usec=_u(usage.get("kernel")) // 1000,
+            nr_periods=_u(thr.get("periods")),
+            nr_throttled=_u(thr.get("throttledPeriods")),
+            throttled_usec=_u(thr.get("throttledTime")) // 1000,
+        ),
+        memory=m.V2MemoryStat(**counters),
+        memory_events=m.V2MemoryEvents(max=_u(use.get("failcnt"))),
+        pids=m.V2PidsStat(current=_u(pids.get("current")), limit=_u(pids.get("limit"))),
+        io=m.V2IOStat(usage=list(devices.values())),
+        hugetlb=[
+            m.V2HugeTlbStat(pagesize=size, current=_u(e.get("usage")), max=_u(e.get("max")))
+            for size, e in sorted(data.get("hugetlb", {}).items())
+        ],
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,6 +43,8 @@ class ShimEnv:
         finally:
             self.sink.close()
             host.remove_cgroups(self.namespace)
+        left = [s.address for s in self.shims if s.address and os.path.exists(s.address[7:])]
+        assert not left, f"shim sockets left behind: {left}"
 
 
 @pytest.fixture

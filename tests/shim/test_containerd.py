@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from dockyard.shim import manager
 from tests.compat import host
 from tests.compat.daemons import Containerd, private_containerd
 from tests.shim.harness import BIN_DIR, shim_binary
@@ -94,6 +95,8 @@ def runner(containerd: Containerd, request: pytest.FixtureRequest) -> Iterator[R
     for cid in r.ids:
         # Each shim ended and its socket went with it.
         assert not host.pids_mentioning(f"-id {cid} "), f"shim of {cid} still runs"
+        address = manager.socket_address(containerd.address, containerd.namespace, cid)
+        assert not os.path.exists(manager.socket_path(address)), f"socket of {cid} left"
 
 
 def test_run_rm_prints_hello(runner: Runner) -> None:

@@ -13,15 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.protobuf import any_pb2, empty_pb2
 
 from dockyard.api import typeurl
-from dockyard.api.events import task_pb2 as events
 from dockyard.api.runc.options import oci_pb2
 from dockyard.api.runtime.linux.runctypes import runc_pb2
 from dockyard.api.runtimeoptions.v1 import api_pb2 as runtimeoptions
 from dockyard.errors import FailedPrecondition, InvalidArgument, NotFound, Unsupported
-from dockyard.shim import manager, options, stats
+from dockyard.shim import manager, messages, options, stats
 from dockyard.shim.main import parse_flags
 from dockyard.shim.process import CREATED, PAUSED, RUNNING, STOPPED, Init
 from dockyard.shim.publisher import Publisher
@@ -107,23 +105,29 @@ def test_address_file_round_trip(tmp_path: Path) -> None:
 # -- runtime options ------------------------------------------------------------
 
 
+def _any(msg: Any) -> messages.Any:
+    """A generated message (as a client encodes it) in the shim's Any."""
+    packed = typeurl.pack(msg)
+    return messages.Any(type_url=packed.type_url, value=packed.value)
+
+
 def test_options_of_every_kind(tmp_path: Path) -> None:
     assert options.parse(None).binary_name == ""
-    runc = options.parse(typeurl.pack(oci_pb2.Options(binary_name="runc", root="/r", io_uid=7)))
+    runc = options.parse(_any(oci_pb2.Options(binary_name="runc", root="/r", io_uid=7)))
     assert (runc.binary_name, runc.root, runc.io_uid) == ("runc", "/r", 7)
-    legacy = options.parse(typeurl.pack(runc_pb2.CreateOptions(no_pivot_root=True, io_gid=3)))
+    legacy = options.parse(_any(runc_pb2.CreateOptions(no_pivot_root=True, io_gid=3)))
     assert (legacy.no_pivot_root, legacy.io_gid) == (True, 3)
-    old = options.parse(typeurl.pack(runc_pb2.RuncOptions(runtime="crun", runtime_root="/c")))
+    old = options.parse(_any(runc_pb2.RuncOptions(runtime="crun", runtime_root="/c")))
     assert (old.binary_name, old.root) == ("crun", "/c")
     config = tmp_path / "runtime.toml"
     config.write_text('BinaryName = "runc"\nroot = "/x"\nNoNewKeyring = true\n')
-    generic = options.parse(typeurl.pack(runtimeoptions.Options(config_path=str(config))))
+    generic = options.parse(_any(runtimeoptions.Options(config_path=str(config))))
     assert (generic.binary_name, generic.root, generic.no_new_keyring) == ("runc", "/x", True)
 
 
 def test_bad_options_are_invalid_argument(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="not known"):
-        options.parse(any_pb2.Any(type_url="example.com/Other", value=b""))
+        options.parse(messages.Any(type_url="example.com/Other", value=b""))
     config = tmp_path / "runtime.toml"
     config.write_text("BinaryNam = 'runc'\n")
     with pytest.raises(InvalidArgument, match="unknown option 'BinaryNam'"):
@@ -404,7 +408,7 @@ class _FlakyClient:
             _FlakyClient.failures -= 1
             raise ConnectionError("connection refused")
         _FlakyClient.sent.append(req.envelope.topic)
-        return empty_pb2.Empty()
+        return messages.Empty()
 
     def close(self) -> None:
         self.closed = True
@@ -413,9 +417,9 @@ class _FlakyClient:
 def test_publisher_retries_in_order_and_drains_on_close() -> None:
     _FlakyClient.sent = []
     pub = Publisher("/run/x.sock", "ns", connect=_FlakyClient, retry_pause=0.01)  # type: ignore[arg-type]
-    pub.publish("/tasks/create", events.TaskCreate(container_id="c"))
-    pub.publish("/tasks/start", events.TaskStart(container_id="c"))
-    pub.publish("/tasks/exit", events.TaskExit(container_id="c"))
+    pub.publish("/tasks/create", messages.TaskCreate(container_id="c"))
+    pub.publish("/tasks/start", messages.TaskStart(container_id="c"))
+    pub.publish("/tasks/exit", messages.TaskExit(container_id="c"))
     assert pub.close(30)
     assert _FlakyClient.sent == ["/tasks/create", "/tasks/start", "/tasks/exit"]
 
@@ -458,7 +462,7 @@ def test_v1_stats_become_v1_metrics() -> None:
     entry = m.blkio.io_service_bytes_recursive[0]
     assert (entry.major, entry.op, entry.value) == (8, "Read", 5)
     assert (m.hugetlb[0].pagesize, m.hugetlb[0].max) == ("2MB", 2)
-    assert typeurl.pack(m).type_url == "io.containerd.cgroups.v1.Metrics"
+    assert messages.pack(m).type_url == "io.containerd.cgroups.v1.Metrics"
 
 
 def test_v2_stats_become_v2_metrics() -> None:
@@ -483,7 +487,7 @@ def test_v2_stats_become_v2_metrics() -> None:
     assert (m.memory.anon, m.memory.file, m.memory.pgfault) == (7, 8, 9)
     assert (m.pids.current, m.pids.limit) == (2, 10)
     assert [(e.major, e.rbytes, e.wbytes) for e in m.io.usage] == [(8, 100, 200)]
-    assert typeurl.pack(m).type_url == "io.containerd.cgroups.v2.Metrics"
+    assert messages.pack(m).type_url == "io.containerd.cgroups.v2.Metrics"
 
 
 # -- the reaper (in a process of its own: it reaps every child of its process) ----------------
