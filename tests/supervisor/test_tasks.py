@@ -9,9 +9,14 @@ the daemon keeps serving after each.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import select
 import signal
+import struct
+import subprocess
+import termios
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -489,3 +494,42 @@ def test_a_task_without_rootfs_mounts_gets_its_containers_snapshot(supervisor: S
         assert not runner.bundle(cid).exists()
     finally:
         runner.cleanup()
+
+
+def test_run_with_a_terminal_has_its_size(shim: Runner) -> None:
+    """``ctr run -t``: the task's stdio is a pty the shim holds, and ctr's
+    ResizePty gives it the size of ctr's own terminal."""
+    ensure_image(shim.sup)
+    cid = shim.new_id()
+    shim.ids.append((shim.sup.namespace, cid))
+    master, slave = os.openpty()
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        argv = ["ctr", "--address", shim.sup.address, "--namespace", shim.sup.namespace, "run"]
+        argv += [*shim.run_flags(), "--tty", "--rm", shim.sup.image.ref, cid]
+        # ctr resizes the pty after the start: the size may not be there at once
+        argv += ["sh", "-c", "until stty size 2>/dev/null; do sleep 0.05; done; exit 5"]
+        proc = subprocess.Popen(
+            argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True
+        )
+        os.close(slave)
+        slave = -1
+        out = b""
+        while True:
+            ready, _, _ = select.select([master], [], [], host.COMMAND_TIMEOUT)
+            if not ready:
+                proc.kill()
+                break
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: every holder of the slave side has closed it
+                break
+            if not data:
+                break
+            out += data
+        assert proc.wait(host.COMMAND_TIMEOUT) == 5, out
+        assert out.split() == [b"30", b"100"], out
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
