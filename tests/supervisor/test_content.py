@@ -268,7 +268,7 @@ def test_namespaces_see_their_own_and_share_storage(
         resps = list(content.Write(iter(reqs), metadata=md(other)))
         assert resps[0].offset == len(data), "already complete"
         assert resps[-1].digest == dgst
-        assert backend_blobs(supervisor) == stored, "stored once"
+        assert set(backend_blobs(supervisor)) <= set(stored), "nothing more stored"
         assert dict(content.Info(cpb.InfoRequest(digest=dgst), metadata=md(other)).info.labels) == {
             "who": "second"
         }, "labels are per namespace"
@@ -298,7 +298,7 @@ def test_namespaces_see_their_own_and_share_storage(
                 next(resps)
             with fails(Code.NOT_FOUND):
                 content.Info(cpb.InfoRequest(digest=dgst), metadata=md(third))
-            assert backend_blobs(supervisor) == stored
+            assert set(backend_blobs(supervisor)) <= set(stored)
         finally:
             empty_namespace(supervisor, third)
     finally:

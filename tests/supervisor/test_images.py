@@ -116,13 +116,13 @@ def test_two_pulls_at_once_store_each_blob_once(
     # the same image in a second namespace: nothing more is stored
     other = new_namespace()
     try:
-        stored = backend_blobs(supervisor)
+        stored = set(backend_blobs(supervisor))
         supervisor.ctr("images", "pull", "--plain-http", pushed, namespace=other)
         assert content_digests(supervisor, other) == digests
-        assert backend_blobs(supervisor) == stored
+        assert set(backend_blobs(supervisor)) <= stored
         # removing it from one namespace keeps it for the other
         supervisor.ctr("images", "rm", "--sync", pushed, namespace=other)
-        assert backend_blobs(supervisor) == stored
+        assert set(digests) <= set(backend_blobs(supervisor))
         assert content_digests(supervisor, ns) == digests
     finally:
         empty_namespace(supervisor, other)
