@@ -24,7 +24,6 @@ import errno
 import os
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from dockyard.runtime import libc
 from dockyard.runtime.rootfs import MOUNT_FLAGS, PROPAGATION
@@ -33,18 +32,42 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLONE_FS = 0x00000200
 
 
-@dataclass
 class Mount:
     """One mount, as containerd's ``types.Mount`` (api/types/mount.proto).
 
     ``target`` is relative to the directory given to :func:`mount_all`
-    (empty: that directory itself).
+    (empty: that directory itself). A plain class, not a dataclass: the
+    per-container shim imports this module, and ``dataclasses`` costs it
+    about 2 MiB of memory.
     """
 
-    type: str
-    source: str
-    options: list[str] = field(default_factory=list)
-    target: str = ""
+    __slots__ = ("options", "source", "target", "type")
+
+    def __init__(
+        self, type: str, source: str, options: list[str] | None = None, target: str = ""
+    ) -> None:
+        self.type = type
+        self.source = source
+        self.options = options if options is not None else []
+        self.target = target
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mount):
+            return NotImplemented
+        return (self.type, self.source, self.options, self.target) == (
+            other.type,
+            other.source,
+            other.options,
+            other.target,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
+
+    def __repr__(self) -> str:
+        return (
+            f"Mount(type={self.type!r}, source={self.source!r}, "
+            f"options={self.options!r}, target={self.target!r})"
+        )
 
     def readonly(self) -> bool:
         return _split_options(self.options)[0] & libc.MS_RDONLY != 0
