@@ -18,7 +18,6 @@ container (``--force``), the root filesystem is unmounted, and a
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import socket
 import sys
@@ -39,6 +38,8 @@ GROUP_LABELS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
 
 def socket_address(containerd_address: str, namespace: str, id: str) -> str:
     """The shim's socket address: the same naming scheme as runc's shim."""
+    import hashlib  # only here: the long-running shim need not load OpenSSL
+
     # Go's filepath.Join: skips empty elements and cleans the result.
     joined = os.path.normpath(os.path.join(containerd_address, namespace, id))
     digest = hashlib.sha256(joined.encode()).hexdigest()
