@@ -4,8 +4,10 @@ Each process has a state (created, running, paused, stopped, deleted), its
 pid once the runtime reported it, and, once reaped, its exit status and
 time. ``_lock`` guards those fields only and is never held across a runtime
 command, so ``State`` and ``Wait`` answer while a ``Start`` or ``Pause``
-runs; ``_op`` serializes the lifecycle operations of one process. An exit
-can arrive at any point of an operation: the state moves to stopped and the
+runs; ``_op`` serializes the lifecycle operations of one process, and the
+shim's exit handler takes it to mark the process stopped and publish its
+exit (so a start's event comes first and a delete's after). An exit can be
+reaped at any point of an operation: the state moves to stopped and the
 operation, when it returns, does not move it back.
 
 The transitions follow containerd's pkg/process (init_state.go,
@@ -27,6 +29,8 @@ from dockyard.shim.stdio import ConsoleSocket, ProcessIO, Stdio
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from dockyard.shim.runtime import ChildStdio, OCIRuntime
 
 CREATED = "created"
@@ -78,6 +82,12 @@ class Process:
         self._op = threading.Lock()
         self._exited = threading.Event()
 
+    @property
+    def lifecycle_lock(self) -> threading.Lock:
+        """Held by each lifecycle operation; the exit handler holds it to mark the
+        process stopped and publish its exit, so that a Delete comes after both."""
+        return self._op
+
     # -- what State and Wait read ----------------------------------------
 
     def status(self) -> str:
@@ -90,6 +100,10 @@ class Process:
 
     def exited(self) -> bool:
         return self._exited.is_set()
+
+    def deleted(self) -> bool:
+        with self._lock:
+            return self.state == DELETED
 
     def set_exited(self, status: int, timestamp_ns: int) -> None:
         """The reaped exit, once its output is through: stopped, and Wait returns."""
@@ -108,7 +122,9 @@ class Process:
 
     # -- lifecycle (each kind of process has its own) ---------------------
 
-    def start(self) -> None:
+    def start(self, started: Callable[[], None] | None = None) -> None:
+        """Start the process; ``started`` runs once it has, still under the
+        lifecycle lock (the shim publishes the start event there)."""
         raise NotImplementedError
 
     def kill(self, sig: int, all: bool = False) -> None:
@@ -212,7 +228,7 @@ class Init(Process):
                     pass
             raise
 
-    def start(self) -> None:
+    def start(self, started: Callable[[], None] | None = None) -> None:
         with self._op:
             state = self.status()
             if state != CREATED:
@@ -221,6 +237,8 @@ class Init(Process):
             with self._lock:
                 if self.state == CREATED:
                     self.state = RUNNING
+            if started is not None:
+                started()
 
     def kill(self, sig: int, all: bool = False) -> None:
         # Not under _op: a kill must get through while a pause or start hangs.
@@ -342,7 +360,7 @@ class Exec(Process):
             return init
         return super().status()
 
-    def start(self) -> None:
+    def start(self, started: Callable[[], None] | None = None) -> None:
         """``runtime exec --detach``; the pid is known when this returns."""
         with self._op:
             state = Process.status(self)
@@ -385,6 +403,8 @@ class Exec(Process):
             with self._lock:
                 if self.state == CREATED:
                     self.state = RUNNING
+            if started is not None:
+                started()
 
     def kill(self, sig: int, all: bool = False) -> None:
         with self._lock:

@@ -89,9 +89,6 @@ class TaskService:
         # reaped meanwhile.
         self._starting = 0
         self._early: dict[int, Exit] = {}
-        # Held while a start runs and its event is published, and to publish
-        # an exit: a process's exit event never precedes its start event.
-        self._events = threading.RLock()
         self._oom: OOMWatcher | None = None
 
     # -- plumbing ----------------------------------------------------------
@@ -169,9 +166,13 @@ class TaskService:
         if p is c.init and c.kill_all_on_exit:
             c.init.kill_all()
         p.wait_output()
-        p.set_exited(e.status, e.timestamp_ns)
         log.debug(f"process {p.id} (pid {e.pid}) exited with status {e.status}")
-        with self._events:
+        # Stopped and published as one step for a Delete, which takes the same
+        # lock: its /tasks/delete can not overtake this /tasks/exit.
+        with p.lifecycle_lock:
+            if p.deleted():
+                return  # deleted meanwhile (a created task, killed by delete): no exit
+            p.set_exited(e.status, e.timestamp_ns)
             self._publish(
                 TASK_EXIT,
                 m.TaskExit(
@@ -208,24 +209,27 @@ class TaskService:
                 raise AlreadyExists(f"container {req.id}: already created")
             self._creating.add(req.id)
             self._starting += 1
-        c: Container | None = None
         try:
             c = Container.create(
                 req.id, req.bundle, self.namespace, stdio, mounts, options, self.launcher
             )
-        finally:
+        except BaseException:
             with self._lock:
                 self._creating.discard(req.id)
-                if c is not None:
-                    self._containers[req.id] = c
-            early = self._end_start(c, c.init if c is not None else None)
-        try:
-            from dockyard.shim.stats import cgroup_paths
+            self._end_start(None, None)
+            raise
+        # Held until /tasks/create is out: the init's start and exit events wait.
+        with c.init.lifecycle_lock:
+            with self._lock:
+                self._creating.discard(req.id)
+                self._containers[req.id] = c
+            early = self._end_start(c, c.init)
+            try:
+                from dockyard.shim.stats import cgroup_paths
 
-            c.cgroup_paths = cgroup_paths(c.init.pid)
-        except Exception as e:
-            log.warn(f"cgroup of {req.id}: {e}")
-        with self._events:
+                c.cgroup_paths = cgroup_paths(c.init.pid)
+            except Exception as e:
+                log.warn(f"cgroup of {req.id}: {e}")
             self._publish(
                 TASK_CREATE,
                 m.TaskCreate(
@@ -242,31 +246,42 @@ class TaskService:
                     pid=c.init.pid,
                 ),
             )
-        if early is not None:
-            self._exited(c, c.init, early)
+            if early is not None:
+                self._exited(c, c.init, early)
         return m.CreateTaskResponse(pid=c.init.pid)
 
     def start(self, req: m.StartRequest, ctx: Context) -> m.StartResponse:
         c = self._container(req.id)
         p = c.process(req.exec_id)
-        with self._events:
-            if isinstance(p, Exec):
-                self._begin_start()
-                early = None
-                try:
-                    p.start()
-                finally:
-                    early = self._end_start(c, p)
+        # The start event is published from inside the process's start (under its
+        # lifecycle lock), so the process's exit event can only follow it.
+        if isinstance(p, Exec):
+            self._begin_start()
+            registered = False
+
+            def exec_started() -> None:
+                nonlocal registered
+                early = self._end_start(c, p)
+                registered = True
                 self._publish(
                     TASK_EXEC_STARTED,
                     m.TaskExecStarted(container_id=c.id, exec_id=p.exec_id, pid=p.pid),
                 )
                 if early is not None:
                     self._exited(c, p, early)
-            else:
-                p.start()
+
+            try:
+                p.start(exec_started)
+            finally:
+                if not registered:
+                    self._end_start(None, None)
+        else:
+
+            def started() -> None:
                 self._publish(TASK_START, m.TaskStart(container_id=c.id, pid=p.pid))
-                self._watch_oom(c)
+
+            p.start(started)
+            self._watch_oom(c)
         return m.StartResponse(pid=p.pid)
 
     def _watch_oom(self, c: Container) -> None:
@@ -285,7 +300,7 @@ class TaskService:
     def delete(self, req: m.DeleteRequest, ctx: Context) -> m.DeleteResponse:
         c = self._container(req.id)
         p = c.process(req.exec_id)
-        p.delete()
+        p.delete()  # after the exit's event, if it exited (see _finish_exit)
         with self._lock:
             if self._by_pid.get(p.pid, (None, None))[1] is p:
                 del self._by_pid[p.pid]
@@ -296,16 +311,15 @@ class TaskService:
         if isinstance(p, Init):
             if self._oom is not None:
                 self._oom.remove(c.id)
-            with self._events:
-                self._publish(
-                    TASK_DELETE,
-                    m.TaskDelete(
-                        container_id=c.id,
-                        pid=p.pid,
-                        exit_status=p.exit_status,
-                        exited_at=timestamp(p.exited_at_ns),
-                    ),
-                )
+            self._publish(
+                TASK_DELETE,
+                m.TaskDelete(
+                    container_id=c.id,
+                    pid=p.pid,
+                    exit_status=p.exit_status,
+                    exited_at=timestamp(p.exited_at_ns),
+                ),
+            )
         return m.DeleteResponse(
             pid=p.pid, exit_status=p.exit_status, exited_at=timestamp(p.exited_at_ns)
         )
