@@ -246,7 +246,9 @@ def delete(flags: Flags) -> int:
         )
         runtime.delete(flags.id, force=True)
     except DockyardError as e:
-        log.warn(f"delete container {flags.id}: {e}")
+        # Gone already is the usual case: containerd runs this after every shim.
+        if "does not exist" not in str(e):
+            log.warn(f"delete container {flags.id}: {e}")
     try:
         unmount_rootfs(os.path.join(bundle, "rootfs"))
     except DockyardError as e:
