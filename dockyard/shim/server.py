@@ -21,6 +21,9 @@ from dockyard.shim.manager import read_address, remove_socket
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
     from dockyard.shim.main import Flags
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -43,6 +46,20 @@ def _set_subreaper() -> None:
     from dockyard.runtime import libc
 
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _timed(name: str, fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """A handler that logs each call and how long it took (with -debug)."""
+    import time
+
+    def call(req: Any, ctx: Any) -> Any:
+        t0 = time.monotonic()
+        try:
+            return fn(req, ctx)
+        finally:
+            log.debug(f"{name} {getattr(req, 'id', '')} {(time.monotonic() - t0) * 1000:.1f} ms")
+
+    return call
 
 
 def serve(flags: Flags) -> int:
@@ -76,7 +93,10 @@ def serve(flags: Flags) -> int:
     service = TaskService(flags.namespace, publisher, reaper, request_shutdown)
     reaper.on_exit = service.on_exit
     server = Server()
-    server.register_typed(TASK_SERVICE, service.handlers())
+    handlers = service.handlers()
+    if flags.debug:
+        handlers = {name: (cls, _timed(name, fn)) for name, (cls, fn) in handlers.items()}
+    server.register_typed(TASK_SERVICE, handlers)
     server.serve_in_thread(listener)
     log.info("serving the task api")
 
