@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import re
+import select
 import selectors
 import shutil
 import socket
@@ -419,6 +420,7 @@ class Shim:
         self.binary = binary
         self.runtime = runtime
         self.client: Client | None = None
+        self.shim_pid = 0
         self.log_fd: int | None = None
         # Set once the task is deleted on purpose or cleaned up: the
         # connection ending after that is expected, not a dead shim.
@@ -471,10 +473,12 @@ class Shim:
         except ConnectionClosed:
             raise NotFound(f"task {self.id}: shim is gone") from None
 
-    def pid(self, timeout: float | None = CALL_TIMEOUT) -> int:
+    def connect(self, timeout: float | None = CALL_TIMEOUT) -> int:
+        """The task's pid; remembers the shim's own (to see it exit after Shutdown)."""
         resp = self.call(
             "Connect", shim_pb2.ConnectRequest(id=self.id), shim_pb2.ConnectResponse, timeout
         )
+        self.shim_pid = int(resp.shim_pid)
         return int(resp.task_pid)
 
     def wait(
@@ -647,6 +651,7 @@ class ShimManager:
             out = self._run_binary(bundle, binary, [*args, "start"], payload, START_TIMEOUT)
             address = _shim_address(out.decode(errors="replace"))
             shim.client = Client(address, on_close=lambda: self._disconnected(shim))
+            shim.connect(timeout=LOAD_TIMEOUT)
             with open(os.path.join(bundle.path, "shim-binary-path"), "w") as f:
                 f.write(binary)
             return shim
@@ -746,6 +751,10 @@ class ShimManager:
             # The shim published the task's exit and delete itself.
             shim.gone.set()
             self._remove(shim)
+        try:
+            address = shim.bundle.read("address").strip()
+        except OSError:
+            address = ""
         self._shutdown(shim)
         shim.gone.set()
         shim.close()
@@ -754,23 +763,41 @@ class ShimManager:
             shim.bundle.delete()
         except (OSError, DockyardError) as e:
             log.error("remove bundle of task %s: %s", cid, e)
+        if address:
+            _remove_dead_socket(address)  # a shim that did not exit in order leaves it
         self._remove(shim)
         if shim_error is not None or resp is None:
             raise shim_error or SystemFailure(f"delete task {cid}: no answer")
         return Exit(int(resp.pid), int(resp.exit_status), _time(resp.exited_at))
 
     def _shutdown(self, shim: Shim) -> None:
+        """Ask the shim to exit, and give it the time to: its bundle (where it
+        reads the address of the socket it removes) and the log FIFO it may
+        still write to are removed only after it has gone."""
+        pidfd = -1
+        if shim.shim_pid:
+            try:
+                pidfd = os.pidfd_open(shim.shim_pid)
+            except OSError:
+                pass  # gone already
         try:
-            shim.call(
-                "Shutdown",
-                shim_pb2.ShutdownRequest(id=shim.id),
-                empty_pb2.Empty,
-                timeout=SHUTDOWN_TIMEOUT,
-            )
-        except ConnectionClosed:
-            pass  # it went as asked, before answering
-        except Error as e:
-            log.error("shut down shim of task %s: %s", shim.id, e)
+            try:
+                shim.call(
+                    "Shutdown",
+                    shim_pb2.ShutdownRequest(id=shim.id),
+                    empty_pb2.Empty,
+                    timeout=SHUTDOWN_TIMEOUT,
+                )
+            except ConnectionClosed:
+                pass  # it went as asked, before answering
+            except Error as e:
+                log.error("shut down shim of task %s: %s", shim.id, e)
+                return
+            if pidfd >= 0 and not select.select([pidfd], [], [], SHUTDOWN_TIMEOUT)[0]:
+                log.warning("shim of task %s: still running after its shutdown", shim.id)
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
 
     def _close_log(self, shim: Shim) -> None:
         if shim.log_fd is not None:
@@ -900,7 +927,7 @@ class ShimManager:
             address = bundle.read("address").strip()
             shim.log_fd = self._logs.open(os.path.join(bundle.path, "log"), f"{ns}/{cid}")
             shim.client = Client(address, on_close=lambda: self._disconnected(shim))
-            shim.pid(timeout=LOAD_TIMEOUT)  # is anyone there? (containerd's check)
+            shim.connect(timeout=LOAD_TIMEOUT)  # is anyone there? (containerd's check)
         except (OSError, DockyardError) as e:
             self._load_failed(shim, e)
             return

@@ -9,6 +9,7 @@ no bundle, no work dir, no shim.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -60,6 +61,7 @@ def test_fifty_concurrent_containers_run_and_are_cleaned_up(runner: Runner) -> N
     tasks = runner.sup.tasks()
     assert {cid: tasks.get(cid) for cid in ids} == {cid: "RUNNING" for cid in ids}
     pids = {int(line.split()[1]) for line in runner.ctr("task", "ls").stdout.splitlines()[1:]}
+    sockets = {(runner.bundle(cid) / "address").read_text().removeprefix("unix://") for cid in ids}
     assert len(pids) == COUNT and all(host.alive(pid) for pid in pids)
 
     with ThreadPoolExecutor(COUNT) as pool:
@@ -75,3 +77,5 @@ def test_fifty_concurrent_containers_run_and_are_cleaned_up(runner: Runner) -> N
     assert sorted(p.name for p in ns_state.iterdir()) == []
     assert sorted(p.name for p in ns_work.iterdir()) == []
     host.wait_for(lambda: not any(shim_pids(cid) for cid in ids), 30, "every shim to exit")
+    # each shim removed its socket as it went
+    assert [path for path in sockets if os.path.exists(path)] == []
