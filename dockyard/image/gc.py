@@ -412,7 +412,11 @@ def _collect(
             if held.expired(now):
                 report.leases.append((namespace, held.id))
                 continue
-            for res in leases.resources(namespace, held.id):
+            try:
+                held_resources = leases.resources(namespace, held.id)
+            except NotFound:
+                continue  # deleted since it was listed: it holds nothing any more
+            for res in held_resources:
                 if res.type == "ingests":
                     leased_ingests.add(ingest_ref(namespace, res.id))
                 else:

@@ -55,8 +55,9 @@ class Config:
     default_runtime: str = DEFAULT_RUNTIME
     runtimes: dict[str, RuntimeConfig] = field(default_factory=dict)
     # gRPC worker threads: each streaming call (events subscribers, content
-    # reads) holds one for its duration.
-    workers: int = 64
+    # reads) and each task Wait (every foreground `ctr run`) holds one for
+    # its duration. Threads are started only as needed.
+    workers: int = 512
 
     def __post_init__(self) -> None:
         self.finish()
