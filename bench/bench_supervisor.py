@@ -584,8 +584,9 @@ sys.exit(main(sys.argv[1:]))
 class Proc:
     pid: int
     label: str
-    t_exec: float
+    t_exec: float  # or of the fork, for a fork that never execs
     t_exit: float | None = None
+    fork: bool = False
 
 
 def classify(argv: list[str], comm: str) -> str:
@@ -674,14 +675,21 @@ class ProcWatcher:
             what, _cpu, ts = struct.unpack_from("IIQ", data, 36)
             t = ts / 1e9
             if what == self.FORK:
-                _ppid, ptgid, _cpid, ctgid = struct.unpack_from("IIII", data, 52)
-                if ptgid in self.tracked:
+                _ppid, ptgid, cpid, ctgid = struct.unpack_from("IIII", data, 52)
+                # A new thread shows as a "fork" too, with its process's parent as
+                # the parent: only a new thread group leader is a new process.
+                if ptgid in self.tracked and cpid == ctgid and ctgid not in self.procs:
                     self.tracked.add(ctgid)
+                    # Work done in a fork (a runtime run as a library, say) shows
+                    # as "<parent> fork"; a fork that execs is named by what it execs.
+                    parent = self.procs.get(ptgid)
+                    label = f"{parent.label if parent else 'daemon'} fork"
+                    self.procs[ctgid] = Proc(ctgid, label, t, fork=True)
             elif what == self.EXEC:
                 pid, tgid = struct.unpack_from("II", data, 52)
                 if tgid in self.tracked:
                     old = self.procs.pop(tgid, None)
-                    if old is not None:
+                    if old is not None and not old.fork:
                         old.t_exit = t  # exec'd again: the old program ends here
                         self.done.append(old)
                     self.procs[tgid] = Proc(tgid, classify(*self._cmdline(tgid)), t)
@@ -831,18 +839,30 @@ def _proc(spans: list[Span], suffix: str, shim: bool = False) -> Span | None:
     return None
 
 
+def _runtime(spans: list[Span]) -> tuple[Span | None, Span | None, Span | None]:
+    """The runtime's create, start and delete: commands, or forks of the shim
+    server when the shim runs the runtime as a library (create, start, ...,
+    delete in that order)."""
+    create, start, delete = _proc(spans, " create"), _proc(spans, " start"), _proc(spans, " delete")
+    if create is None:
+        forks = [s for s in spans if s.kind == "proc" and s.name.endswith(" server fork")]
+        if len(forks) >= 3:
+            create, start, delete = forks[0], forks[1], forks[-1]
+    return create, start, delete
+
+
 # The same milestones on both sides, from the processes seen exec'd and exiting.
 MILESTONES = [
     "ctr starts -> shim start exec'd (image, snapshot, container, task request)",
     "shim start exec'd -> shim server exec'd",
-    "shim server exec'd -> runtime create exec'd",
-    "runtime create (exec -> exit)",
-    "runtime create exits -> runtime start exec'd (Create answer, tasks.Start)",
-    "runtime start (exec -> exit)",
-    "runtime start exits -> container exits",
-    "container exits -> runtime delete exec'd (Wait answer, tasks.Delete)",
-    "runtime delete (exec -> exit)",
-    "runtime delete exits -> ctr exits (shim shutdown, bundle, snapshot, records)",
+    "shim server exec'd -> runtime create begins",
+    "runtime create (begins -> ends)",
+    "runtime create ends -> runtime start begins (Create answer, tasks.Start)",
+    "runtime start (begins -> ends)",
+    "runtime start ends -> container exits",
+    "container exits -> runtime delete begins (Wait answer, tasks.Delete)",
+    "runtime delete (begins -> ends)",
+    "runtime delete ends -> ctr exits (shim shutdown, bundle, snapshot, records)",
 ]
 
 
@@ -850,10 +870,8 @@ def _milestones(run: ProfileRun) -> dict[str, float]:
     sp = run.spans
     starter = _proc(sp, " start", shim=True)
     server = _proc(sp, " server", shim=True)
-    create = _proc(sp, " create")
-    start = _proc(sp, " start")
+    create, start, delete = _runtime(sp)
     init = _proc(sp, "exec true")
-    delete = _proc(sp, " delete")
 
     def at(span: Span | None, end: bool = False) -> float | None:
         if span is None:
@@ -893,8 +911,7 @@ def _gaps(spans: list[Span]) -> dict[str, float]:
     starter = _proc(spans, " start", shim=True)
     server = _proc(spans, " server", shim=True)
     serving = _first(spans, "mark", "shim serving")
-    create = _proc(spans, " create")
-    start = _proc(spans, " start")
+    create, start, _delete = _runtime(spans)
     init = _first(spans, "proc", "exec true")
     sh_create = _first(spans, "shim", "Create")
     sh_start = _first(spans, "shim", "Start")
@@ -923,12 +940,12 @@ def _gaps(spans: list[Span]) -> dict[str, float]:
         server, False, sh_create, False)  # fmt: skip
     if serving and sh_create and create:
         # The shim takes Create once it serves and the supervisor has sent it.
-        out["shim has Create -> runtime create exec'd (Create handling)"] = create.t0 - max(
+        out["shim has Create -> runtime create begins (Create handling)"] = create.t0 - max(
             serving.t0, sh_create.t0
         )
-    gap("runtime create exits -> shim answers Create", create, True, sh_create, True)
+    gap("runtime create ends -> shim answers Create", create, True, sh_create, True)
     gap("shim answers Create -> tasks.Create answered", sh_create, True, rpc_create, True)
-    gap("runtime start exits -> shim answers Start", start, True, sh_start, True)
+    gap("runtime start ends -> shim answers Start", start, True, sh_start, True)
     gap("container exits -> shim answers Wait", init, True, sh_wait, True)
     return out
 
@@ -1051,7 +1068,7 @@ def print_profile(p: dict[str, Any]) -> None:
     )
     if p["note"]:
         print(f"({p['note']})")
-    title = "milestone (from the processes exec'd and exited)"
+    title = "milestone (processes exec'd or forked, and ended)"
     head = f"  {title:<74}"
     print(head + "".join(f"{k:>20}" for k in keys))
     for label in ["ctr run --rm (total)", *(f"milestone: {m}" for m in MILESTONES)]:
