@@ -704,21 +704,34 @@ class ShimManager:
         what = f"shim {os.path.basename(binary)} {args[-1]} for task {bundle.id}"
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
-                proc = subprocess.run(
+                proc = subprocess.Popen(
                     argv,
-                    input=stdin,
+                    stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                     stdout=out,
                     stderr=err,
                     cwd=bundle.path,
                     env=env,
-                    timeout=timeout,
                     process_group=0,
-                    check=False,
                 )
-            except subprocess.TimeoutExpired:
-                raise SystemFailure(f"{what}: no answer in {timeout:.0f}s") from None
             except OSError as e:
                 raise SystemFailure(f"{what}: {e.strerror or e}") from None
+            # A blocking wait with a timer to end it: Popen.wait(timeout) polls
+            # with sleeps of up to 50 ms, which every task start would pay.
+            expired = threading.Event()
+
+            def expire() -> None:
+                expired.set()
+                if proc.poll() is None:
+                    proc.kill()
+
+            timer = threading.Timer(timeout, expire)
+            timer.start()
+            try:
+                proc.communicate(stdin or None)
+            finally:
+                timer.cancel()
+            if expired.is_set():
+                raise SystemFailure(f"{what}: no answer in {timeout:.0f}s")
             out.seek(0)
             err.seek(0)
             stdout, stderr = out.read(), err.read()
