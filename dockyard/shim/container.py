@@ -16,7 +16,7 @@ from dockyard.errors import AlreadyExists, DockyardError, InvalidArgument, NotFo
 from dockyard.shim import options as opts
 from dockyard.shim.process import Exec, Init, Process
 from dockyard.shim.rootfs import mount_rootfs, unmount_rootfs
-from dockyard.shim.runtime import DEFAULT_RUNTIME, RuncCLI, default_root, find_binary
+from dockyard.shim.runtime import DEFAULT_RUNTIME, default_root, find_binary, new_runtime
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -86,14 +86,16 @@ class Container:
         launcher: Launcher,
     ) -> Container:
         """Mount the rootfs and ``runtime create``; the pid is known when this returns."""
-        binary = find_binary(options.binary_name or DEFAULT_RUNTIME, shim_dir())
+        here = shim_dir()
+        binary = find_binary(options.binary_name or DEFAULT_RUNTIME, here)
         root = default_root(binary, namespace, options.root)
         opts.save(bundle, binary, root, options.systemd_cgroup)
-        runtime = RuncCLI(
+        runtime = new_runtime(
             binary,
             root,
             os.path.join(bundle, "log.json"),
             launcher,
+            here,
             systemd_cgroup=options.systemd_cgroup,
         )
         rootfs = ""

@@ -29,14 +29,33 @@ def _quote(v: str) -> str:
     return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def _write(level: str, msg: str) -> None:
+def line(level: str, msg: str) -> bytes:
+    """One log line as the shim writes it."""
     now = time.time()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e9):09d}Z"
-    line = f'time="{stamp}" level={level} msg={_quote(msg)}{_fields}\n'
+    return f'time="{stamp}" level={level} msg={_quote(msg)}{_fields}\n'.encode(errors="replace")
+
+
+def _write(level: str, msg: str) -> None:
     try:
-        os.write(2, line.encode(errors="replace"))
+        os.write(2, line(level, msg))
     except OSError:
         pass
+
+
+def to_fifo(level: str, msg: str, path: str = "log") -> None:
+    """A line for containerd's log from a short-lived action, whose stderr is
+    its answer: into the bundle's ``log`` FIFO, if someone reads it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.write(fd, line(level, msg))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def debug(msg: str) -> None:

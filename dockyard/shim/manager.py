@@ -6,9 +6,11 @@ If a live shim already listens there (containers grouped into one shim by a
 ``io.containerd.runc.v2.group`` or CRI sandbox annotation), its address is
 the answer. Otherwise the socket is made, its address written to the
 bundle's ``address`` file, and the shim starts itself without an action in
-a session of its own, the listener as fd 3; the runtime options on stdin
-may move it into a cgroup; its OOM score is containerd's plus one. The
-address is printed and ``start`` exits.
+a session of its own, the listener as fd 3 — or, when ``DOCKYARD_SHIM_TEMPLATE``
+names a shim template, has the template fork it (``template``; any failure
+there falls back to starting it). The runtime options on stdin may move it
+into a cgroup; its OOM score is containerd's plus one. The address is
+printed and ``start`` exits.
 
 ``delete`` runs when containerd lost its shim: the runtime deletes the
 container (``--force``), the root filesystem is unmounted, and a
@@ -17,9 +19,9 @@ container (``--force``), the root filesystem is unmounted, and a
 
 from __future__ import annotations
 
+import _socket  # not socket: its import costs start ~14 ms (enum, selectors)
 import errno
 import os
-import socket
 import sys
 import time
 
@@ -28,6 +30,8 @@ from dockyard.shim import log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from dockyard.shim.main import Flags
 
 SOCKET_DIR = "/run/containerd/s"
@@ -38,11 +42,14 @@ GROUP_LABELS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
 
 def socket_address(containerd_address: str, namespace: str, id: str) -> str:
     """The shim's socket address: the same naming scheme as runc's shim."""
-    import hashlib  # only here: the long-running shim need not load OpenSSL
+    try:  # the builtin module: hashlib would load OpenSSL (~4 ms)
+        from _sha256 import sha256  # type: ignore[import-not-found]
+    except ImportError:
+        from hashlib import sha256
 
     # Go's filepath.Join: skips empty elements and cleans the result.
     joined = os.path.normpath(os.path.join(containerd_address, namespace, id))
-    digest = hashlib.sha256(joined.encode()).hexdigest()
+    digest = sha256(joined.encode()).hexdigest()
     return f"unix://{SOCKET_DIR}/{digest}"
 
 
@@ -53,11 +60,12 @@ def socket_path(address: str) -> str:
     return "\0" + address
 
 
-def new_socket(address: str) -> socket.socket:
+def new_socket(address: str) -> Any:
+    """A listening unix socket (a ``_socket.socket``) at ``address``."""
     path = socket_path(address)
     if not path.startswith("\0"):
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.bind(path)
         if not path.startswith("\0"):
@@ -70,12 +78,14 @@ def new_socket(address: str) -> socket.socket:
 
 
 def can_connect(address: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
         s.settimeout(0.1)
-        try:
-            s.connect(socket_path(address))
-        except OSError:
-            return False
+        s.connect(socket_path(address))
+    except OSError:
+        return False
+    finally:
+        s.close()
     return True
 
 
@@ -148,43 +158,71 @@ def start(flags: Flags) -> int:
             return 0
         remove_socket(address)
         listener = new_socket(address)
-    pid = 0
     try:
-        with listener:
-            write_address(address)
-            argv = [
-                *self_command(),
-                "-namespace",
-                flags.namespace,
-                "-id",
-                flags.id,
-                "-address",
-                flags.address,
-            ]
-            if flags.debug:
-                argv.append("-debug")
-            from dockyard.shim.reaper import spawn
-
-            pid = spawn(argv, extra={3: listener.fileno()}, setsid=True)
-        _apply_options(pid)
-        _adjust_oom_score(pid)
+        write_address(address)
+        command = self_command()
+        argv = [
+            *command,
+            "-namespace",
+            flags.namespace,
+            "-id",
+            flags.id,
+            "-address",
+            flags.address,
+        ]
+        if flags.debug:
+            argv.append("-debug")
+        _start_shim(argv, listener.fileno(), _read_options(), forkable=len(command) == 1)
     except BaseException:
-        if pid:
-            try:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
-            except OSError:
-                pass
         remove_socket(address)
         raise
+    finally:
+        listener.close()
     sys.stdout.write(address)
     return 0
 
 
-def _apply_options(pid: int) -> None:
-    """The runtime options containerd writes on stdin: a ``shim_cgroup`` to join."""
+def _start_shim(argv: list[str], listener: int, options: bytes, *, forkable: bool) -> int:
+    """Start the long-running shim serving ``listener``: forked by the template
+    when there is one and ``argv`` is the shim binary's, else as a command; its pid."""
+    from dockyard.shim.template import ENV, TemplateError, fork_shim
+
+    template = os.environ.get(ENV, "") if forkable else ""
+    if template:
+        try:
+            forked = fork_shim(template, argv, listener)
+        except TemplateError as e:
+            log.to_fifo("warning", f"shim template {template}: {e}: starting the shim as a command")
+        else:
+            try:
+                _apply_options(forked.pid, options)
+                _adjust_oom_score(forked.pid)
+            except BaseException:
+                forked.cancel()
+                raise
+            if forked.go():
+                return forked.pid
+            log.to_fifo("warning", f"shim template {template}: the shim it forked is gone")
+    from dockyard.shim.reaper import spawn
+
+    pid = spawn(argv, extra={3: listener}, setsid=True)
+    try:
+        _apply_options(pid, options)
+        _adjust_oom_score(pid)
+    except BaseException:
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+        raise
+    return pid
+
+
+def _read_options() -> bytes:
+    """The runtime options containerd writes on stdin (a marshalled Any), if any."""
     if os.isatty(0):
-        return
+        return b""
     data = b""
     while True:
         try:
@@ -194,6 +232,11 @@ def _apply_options(pid: int) -> None:
         if not chunk:
             break
         data += chunk
+    return data
+
+
+def _apply_options(pid: int, data: bytes) -> None:
+    """The runtime options' ``shim_cgroup``: the shim joins it."""
     if not data:
         return
     from dockyard.shim import messages, options
@@ -229,19 +272,21 @@ def delete(flags: Flags) -> int:
     from dockyard.shim.process import INIT_PID_FILE, read_pid_file
     from dockyard.shim.reaper import DirectLauncher
     from dockyard.shim.rootfs import unmount_rootfs
-    from dockyard.shim.runtime import DEFAULT_RUNTIME, RuncCLI, default_root, find_binary
+    from dockyard.shim.runtime import DEFAULT_RUNTIME, default_root, find_binary, new_runtime
 
     log.configure(debug=flags.debug, namespace=flags.namespace, id=flags.id)
     bundle = os.path.abspath(flags.bundle or os.getcwd())
     saved = options.load(bundle) or {}
     try:
-        binary = str(saved.get("runtime") or find_binary(DEFAULT_RUNTIME, shim_dir()))
+        here = shim_dir()
+        binary = str(saved.get("runtime") or find_binary(DEFAULT_RUNTIME, here))
         root = str(saved.get("root") or default_root(binary, flags.namespace))
-        runtime = RuncCLI(
+        runtime = new_runtime(
             binary,
             root,
             os.path.join(bundle, "log.json"),
             DirectLauncher(),
+            here,
             systemd_cgroup=bool(saved.get("systemd_cgroup")),
         )
         runtime.delete(flags.id, force=True)

@@ -8,15 +8,18 @@ registered before it can be reaped, and its caller waits for the exit the
 loop hands over. Every other exit (container processes, orphans) goes to the
 ``on_exit`` callback, the shim's task service, which matches it to a process.
 
-``Launcher`` is what the runtime driver needs: start a command, wait for
-it. ``Reaper`` is the launcher of the long-running shim; ``DirectLauncher``
-the one of short-lived actions (``delete``), where nothing else reaps.
+``Launcher`` is what the runtime driver needs: start a command (or fork a
+function, for a runtime run as a library), wait for it. ``Reaper`` is the
+launcher of the long-running shim; ``DirectLauncher`` the one of short-lived
+actions (``delete``), where nothing else reaps.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -94,6 +97,94 @@ def spawn(
             os.close(null)
 
 
+def fork_call(
+    fn: Callable[[], int],
+    *,
+    stdin: int | None = None,
+    stdout: int | None = None,
+    stderr: int | None = None,
+) -> int:
+    """Run ``fn`` in a forked child that looks like a freshly started command; its pid.
+
+    The child gets the given fds as its stdio (unset: ``/dev/null``) and no
+    other fd: everything above 2 is closed by range, so no socket, pipe or
+    FIFO of the shim reaches it or what it forks, exactly as with ``spawn``.
+    No signal is blocked (the shim's threads block some); the dispositions
+    are a Python process's own, as a runtime command's would be. Its stdio
+    objects are new (another thread may have held the old ones' locks when
+    the shim forked) and the cyclic GC is off: a finalizer of an object of
+    the shim must not close an fd number the child has reused. It ends with
+    ``os._exit`` and ``fn``'s return value, never returning here.
+
+    Only the forking thread exists in the child: ``fn`` must need no lock
+    another thread of the shim may hold, and so no module that is not fully
+    imported yet unless no other thread can be importing it (see
+    ``dockyard.shim.preload``).
+    """
+    null = -1
+    if stdin is None or stdout is None or stderr is None:
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    fds = (
+        null if stdin is None else stdin,
+        null if stdout is None else stdout,
+        null if stderr is None else stderr,
+    )
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _child(fn, fds)
+    finally:
+        if null >= 0:
+            os.close(null)
+    return pid
+
+
+def _child(fn: Callable[[], int], fds: tuple[int, int, int]) -> None:
+    code = 1
+    try:
+        gc.disable()
+        # A source among 0-2 that is not its own target would be overwritten
+        # by an earlier dup2: move it up first (0-2 are open, so dup gives > 2).
+        moved = [fd if fd == i or fd > 2 else os.dup(fd) for i, fd in enumerate(fds)]
+        for i, fd in enumerate(moved):
+            if fd == i:
+                os.set_inheritable(i, True)
+            else:
+                os.dup2(fd, i)
+        _close_from(3)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
+        sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+        sys.stderr = open(  # noqa: SIM115
+            2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1
+        )
+        code = int(fn() or 0)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException as e:
+        try:
+            os.write(2, f"{type(e).__name__}: {e}\n".encode(errors="replace"))
+        except OSError:
+            pass
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException:
+            code = code or 1
+        os._exit(code)
+
+
+def _close_from(first: int) -> None:
+    """Close every fd from ``first`` up: close_range(2), or one by one on old kernels."""
+    from dockyard.runtime import libc
+
+    try:
+        libc.close_range(first)
+    except OSError:
+        os.closerange(first, os.sysconf("SC_OPEN_MAX"))
+
+
 class Command:
     """A started command; ``wait`` returns its exit status."""
 
@@ -124,6 +215,17 @@ class Launcher:
     ) -> Command:
         raise NotImplementedError
 
+    def call(
+        self,
+        fn: Callable[[], int],
+        *,
+        stdin: int | None = None,
+        stdout: int | None = None,
+        stderr: int | None = None,
+    ) -> Command:
+        """Like ``launch``, for ``fn`` run in a forked child (see ``fork_call``)."""
+        raise NotImplementedError
+
 
 class DirectLauncher(Launcher):
     """For a process that reaps nothing else: wait with ``waitpid`` on the pid."""
@@ -136,9 +238,17 @@ class DirectLauncher(Launcher):
         stdout: int | None = None,
         stderr: int | None = None,
     ) -> Command:
-        pid = spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr)
-        cmd = _DirectCommand(pid)
-        return cmd
+        return _DirectCommand(spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr))
+
+    def call(
+        self,
+        fn: Callable[[], int],
+        *,
+        stdin: int | None = None,
+        stdout: int | None = None,
+        stderr: int | None = None,
+    ) -> Command:
+        return _DirectCommand(fork_call(fn, stdin=stdin, stdout=stdout, stderr=stderr))
 
 
 class _DirectCommand(Command):
@@ -169,6 +279,20 @@ class Reaper(Launcher):
     ) -> Command:
         with self._lock:
             pid = spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr)
+            cmd = Command(pid)
+            self._commands[pid] = cmd
+        return cmd
+
+    def call(
+        self,
+        fn: Callable[[], int],
+        *,
+        stdin: int | None = None,
+        stdout: int | None = None,
+        stderr: int | None = None,
+    ) -> Command:
+        with self._lock:
+            pid = fork_call(fn, stdin=stdin, stdout=stdout, stderr=stderr)
             cmd = Command(pid)
             self._commands[pid] = cmd
         return cmd

@@ -5,8 +5,18 @@ runs a runc-compatible binary (dockyard-runtime, runc, crun) as
 containerd-shim-runc-v2 runs runc: global ``--root``, ``--log <bundle>/log.json
 --log-format json``, and the verbs create, start, exec, kill, delete, pause,
 resume, update, state and ps. A failed command raises an error whose message
-is the runtime's last logged error, as containerd reports it. Running
-dockyard-runtime in-process would be another implementation of the seam.
+is the runtime's last logged error, as containerd reports it.
+
+``InProcessRuntime`` runs dockyard-runtime as a library: the same argv goes
+to ``dockyard.runtime.cli.main`` in a fork of the shim instead of a new
+interpreter (no exec, no interpreter start, and no imports when the shim
+was forked from the template, which has them all). The child is what the
+command would be: the same stdio, no other fd, no blocked signal, its own
+pid; the pid file, console socket and log work through the same paths,
+and the parent waits and reads the log as for the command. It is used for
+the dockyard-runtime installed beside the shim (the default runtime),
+unless ``DOCKYARD_SHIM_RUNTIME_IN_PROCESS=0``; runc, crun and any other
+binary are run as commands.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from dockyard.shim.reaper import Launcher
+    from dockyard.shim.reaper import Command, Launcher
 
 # The runtime every container gets unless its options name another binary.
 DEFAULT_RUNTIME = "dockyard-runtime"
@@ -27,6 +37,8 @@ DEFAULT_RUNTIME = "dockyard-runtime"
 # and dockyard-runtime's when the shim picks it.
 RUNC_ROOT = "/run/containerd/runc"
 DOCKYARD_ROOT = "/run/dockyard/runtime"
+# "0" runs dockyard-runtime as a command too.
+IN_PROCESS_ENV = "DOCKYARD_SHIM_RUNTIME_IN_PROCESS"
 
 
 class RuntimeFailure(DockyardError):
@@ -175,10 +187,7 @@ class RuncCLI(OCIRuntime):
             if stdio is None:
                 out = os.memfd_create("runtime-output", os.MFD_CLOEXEC)
                 stdio = ChildStdio(stdin, out, out)
-            cmd = self.launcher.launch(
-                self._argv(*args), stdin=stdio.stdin, stdout=stdio.stdout, stderr=stdio.stderr
-            )
-            status = cmd.wait()
+            status = self._start(self._argv(*args), stdio).wait()
             output = os.pread(out, 1 << 20, 0) if out >= 0 else b""
         finally:
             if out >= 0:
@@ -191,6 +200,11 @@ class RuncCLI(OCIRuntime):
                 message = f"{os.path.basename(self.binary)} exited with status {status}"
             raise RuntimeFailure(f"{what}: {message}")
         return output
+
+    def _start(self, argv: list[str], stdio: ChildStdio) -> Command:
+        return self.launcher.launch(
+            argv, stdin=stdio.stdin, stdout=stdio.stdout, stderr=stdio.stderr
+        )
 
     def create(
         self,
@@ -270,3 +284,54 @@ class RuncCLI(OCIRuntime):
         if not isinstance(pids, list):
             raise RuntimeFailure(f"OCI runtime ps failed: not a JSON list: {out[:200]!r}")
         return [int(p) for p in pids]
+
+
+class InProcessRuntime(RuncCLI):
+    """dockyard-runtime's CLI run in a fork of the shim (see the module's doc)."""
+
+    def _start(self, argv: list[str], stdio: ChildStdio) -> Command:
+        def run() -> int:
+            import sys
+
+            from dockyard.runtime.cli import main
+
+            sys.argv = list(argv)
+            return main(argv[1:])
+
+        return self.launcher.call(run, stdin=stdio.stdin, stdout=stdio.stdout, stderr=stdio.stderr)
+
+
+def runs_in_process(binary: str, shim_dir: str) -> bool:
+    """Whether ``binary`` is dockyard-runtime installed beside the shim ``shim_dir``
+    holds (the same package as the shim): then it runs in-process."""
+    if os.environ.get(IN_PROCESS_ENV, "1") == "0":
+        return False
+    if binary.rpartition("/")[2] != DEFAULT_RUNTIME:
+        return False
+    try:
+        theirs, ours = os.stat(binary), os.stat(f"{shim_dir}/{DEFAULT_RUNTIME}")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+
+
+def default_runs_in_process(shim_dir: str) -> bool:
+    """Whether the default runtime, found as a task would find it, runs in-process."""
+    try:
+        return runs_in_process(find_binary(DEFAULT_RUNTIME, shim_dir), shim_dir)
+    except NotFound:
+        return False
+
+
+def new_runtime(
+    binary: str,
+    root: str,
+    log: str,
+    launcher: Launcher,
+    shim_dir: str,
+    *,
+    systemd_cgroup: bool = False,
+) -> RuncCLI:
+    """The runtime driver for ``binary``: in-process for our own runtime, else its CLI."""
+    cls = InProcessRuntime if runs_in_process(binary, shim_dir) else RuncCLI
+    return cls(binary, root, log, launcher, systemd_cgroup=systemd_cgroup)

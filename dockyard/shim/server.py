@@ -11,13 +11,18 @@ stdio copies and the exit handlers run in threads of their own.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # no enum member for every number
 import os
 import signal
 import socket
 import threading
 
-from dockyard.shim import log
+from dockyard.shim import log, preload
 from dockyard.shim.manager import read_address, remove_socket
+from dockyard.shim.publisher import Publisher
+from dockyard.shim.reaper import Reaper
+from dockyard.shim.service import TASK_SERVICE, TaskService
+from dockyard.ttrpc import Server
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -62,18 +67,27 @@ def _timed(name: str, fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any
     return call
 
 
-def serve(flags: Flags) -> int:
-    from dockyard.shim.publisher import Publisher
-    from dockyard.shim.reaper import Reaper
-    from dockyard.shim.service import TASK_SERVICE, TaskService
-    from dockyard.ttrpc import Server
+def _preload() -> None:
+    """Everything a fork of this shim may import, while no other thread exists
+    (see ``preload``); done already in a shim forked from the template."""
+    if preload.loaded("runtime"):
+        return
+    preload.shim()
+    from dockyard.shim.container import shim_dir
+    from dockyard.shim.runtime import default_runs_in_process
 
+    if default_runs_in_process(shim_dir()):
+        preload.runtime()
+
+
+def serve(flags: Flags) -> int:
+    _preload()
     if flags.bundle:
         os.chdir(flags.bundle)
     _log_to_fifo()
     log.configure(debug=flags.debug, namespace=flags.namespace, pid=str(os.getpid()))
     # Before any thread exists, so that every thread inherits the mask.
-    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    _signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     _set_subreaper()
     if flags.socket:
         from dockyard.shim.manager import new_socket
@@ -81,6 +95,8 @@ def serve(flags: Flags) -> int:
         listener = new_socket("unix://" + flags.socket)
     else:
         listener = socket.socket(fileno=3)
+        # Inherited as fd 3: no command the shim starts may inherit it too.
+        os.set_inheritable(listener.fileno(), False)
 
     ending = threading.Event()
 
@@ -101,7 +117,7 @@ def serve(flags: Flags) -> int:
     log.info("serving the task api")
 
     while True:
-        sig = signal.sigwait(SIGNALS)
+        sig = _signal.sigwait(SIGNALS)
         if sig == signal.SIGCHLD:
             reaper.reap()
         elif sig in (signal.SIGTERM, signal.SIGINT):
