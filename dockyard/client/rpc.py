@@ -1,0 +1,183 @@
+"""The connection under every service wrapper: one gRPC channel, the request
+metadata containerd expects, and the one mapping of gRPC status codes back to
+dockyard's errors.
+
+containerd reads the namespace of a request from the ``containerd-namespace``
+metadata key and the lease it runs under from ``containerd-lease``
+(containerd's ``namespaces`` and ``leases`` packages); a request without a
+namespace is refused. The lease is held in a context variable so that
+``with client.lease():`` in one thread does not put other threads' requests
+under it, as the Go client keeps it in a ``context.Context``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from dockyard.errors import (
+    AlreadyExists,
+    DockyardError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SystemFailure,
+    Unsupported,
+)
+
+NAMESPACE_KEY = "containerd-namespace"
+LEASE_KEY = "containerd-lease"
+
+# containerd's client takes up to 16 MiB per message either way (its
+# defaults.DefaultMaxRecvMsgSize / DefaultMaxSendMsgSize).
+MAX_MESSAGE_SIZE = 16 << 20
+
+_ERRORS: dict[grpc.StatusCode, type[DockyardError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.UNIMPLEMENTED: Unsupported,
+}
+
+# Codes that say the call did not reach a server's answer: the message is
+# grpc's own, so it is prefixed with what was asked and of whom.
+_TRANSPORT = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
+
+
+def from_grpc(err: grpc.RpcError, what: str = "") -> DockyardError:
+    """The dockyard error for a failed gRPC call (containerd's ``errdefs.FromGRPC``).
+
+    NOT_FOUND, ALREADY_EXISTS, INVALID_ARGUMENT, FAILED_PRECONDITION and
+    UNIMPLEMENTED map to their namesakes; every other code is a
+    SystemFailure. The server's message is kept as it is: containerd's and
+    dockyard's already say what failed and on what.
+    """
+    code = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = err.details() if callable(getattr(err, "details", None)) else str(err)
+    message = details or code.name.lower().replace("_", " ")
+    if code in _TRANSPORT and what:
+        message = f"{what}: {code.name.lower().replace('_', ' ')}: {message}"
+    cls = _ERRORS.get(code, SystemFailure)
+    return cls(message)
+
+
+def from_timestamp(ts: timestamp_pb2.Timestamp) -> datetime | None:
+    """A protobuf timestamp as an aware UTC datetime; None when unset (zero)."""
+    if ts.seconds == 0 and ts.nanos == 0:
+        return None
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def to_timestamp(t: datetime | None) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    if t is not None:
+        ts.FromDatetime(t.astimezone(UTC))
+    return ts
+
+
+_T = TypeVar("_T")
+
+# Calls that take as long as they take (a wait, a subscription, a stream of
+# a large blob) pass this as their timeout.
+NO_TIMEOUT: float | None = None
+
+
+class Connection:
+    """A channel to the daemon and the namespace and lease requests carry.
+
+    ``with_namespace`` gives a view on the same channel; only the connection
+    that opened the channel closes it.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        namespace: str,
+        timeout: float | None,
+        *,
+        channel: grpc.Channel | None = None,
+        lease: contextvars.ContextVar[str | None] | None = None,
+    ) -> None:
+        self.address = address
+        self.namespace = namespace
+        self.timeout = timeout
+        self._owner = channel is None
+        self.channel: grpc.Channel = channel or grpc.insecure_channel(
+            "unix:" + address,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
+                ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
+            ],
+        )
+        # One variable per daemon: views in other namespaces share the lease
+        # of the code running, as the Go client's context carries both.
+        self.lease_var: contextvars.ContextVar[str | None] = lease or contextvars.ContextVar(
+            "containerd-lease", default=None
+        )
+        self._stubs: dict[type, Any] = {}
+
+    def view(self, namespace: str) -> Connection:
+        return Connection(
+            self.address, namespace, self.timeout, channel=self.channel, lease=self.lease_var
+        )
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the channel connects; SystemFailure after ``timeout`` seconds."""
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise SystemFailure(
+                f"connect to {self.address}: no answer within {timeout:g}s"
+            ) from None
+
+    def close(self) -> None:
+        if self._owner:
+            self.channel.close()
+
+    def stub(self, cls: Callable[[grpc.Channel], _T]) -> _T:
+        """The generated stub ``cls`` on this channel (made once)."""
+        key = cls if isinstance(cls, type) else type(cls)
+        found = self._stubs.get(key)
+        if found is None:
+            found = self._stubs[key] = cls(self.channel)
+        return found
+
+    def metadata(self) -> list[tuple[str, str]]:
+        md = [(NAMESPACE_KEY, self.namespace)]
+        lease = self.lease_var.get()
+        if lease:
+            md.append((LEASE_KEY, lease))
+        return md
+
+    def call(self, method: Any, request: Any, *, timeout: float | str | None = "default") -> Any:
+        """A unary call; a failure is raised as the dockyard error for its code."""
+        deadline = self.timeout if timeout == "default" else timeout
+        try:
+            return method(request, metadata=self.metadata(), timeout=deadline)
+        except grpc.RpcError as e:
+            raise from_grpc(e, self._what(method)) from None
+
+    def stream(self, method: Any, request: Any) -> Iterator[Any]:
+        """A server-streaming call's responses, with errors mapped; no deadline."""
+        responses = method(request, metadata=self.metadata())
+        try:
+            yield from responses
+        except grpc.RpcError as e:
+            raise from_grpc(e, self._what(method)) from None
+        finally:
+            responses.cancel()
+
+    def _what(self, method: Any) -> str:
+        name = getattr(method, "_method", b"")
+        if isinstance(name, bytes):
+            name = name.decode(errors="replace")
+        return f"{name or 'call'} on {self.address}"

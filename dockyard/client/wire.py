@@ -1,0 +1,73 @@
+"""Conversions between the wire messages and the spec types the engine uses.
+
+A descriptor is ``dockyard.spec.image.Descriptor`` and a mount is
+``dockyard.spec.mount.Mount`` on this side; containerd's
+``types.Descriptor`` carries no platform, urls or data, so those do not
+travel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from google.protobuf import any_pb2, field_mask_pb2
+from google.protobuf.message import Message
+
+from dockyard.api import typeurl
+from dockyard.api.types import descriptor_pb2, mount_pb2
+from dockyard.errors import NotFound
+from dockyard.spec.image import Descriptor
+from dockyard.spec.mount import Mount
+
+
+def descriptor_to_proto(desc: Descriptor) -> descriptor_pb2.Descriptor:
+    return descriptor_pb2.Descriptor(
+        media_type=desc.media_type,
+        digest=desc.digest,
+        size=desc.size,
+        annotations=dict(desc.annotations),
+    )
+
+
+def descriptor_from_proto(msg: descriptor_pb2.Descriptor) -> Descriptor:
+    return Descriptor(
+        media_type=msg.media_type,
+        digest=msg.digest,
+        size=msg.size,
+        annotations=dict(msg.annotations),
+    )
+
+
+def mount_to_proto(m: Mount) -> mount_pb2.Mount:
+    return mount_pb2.Mount(type=m.type, source=m.source, target=m.target, options=list(m.options))
+
+
+def mount_from_proto(msg: mount_pb2.Mount) -> Mount:
+    return Mount(type=msg.type, source=msg.source, options=list(msg.options), target=msg.target)
+
+
+def mounts_from_proto(msgs: Iterable[mount_pb2.Mount]) -> list[Mount]:
+    return [mount_from_proto(m) for m in msgs]
+
+
+def field_mask(paths: Iterable[str]) -> field_mask_pb2.FieldMask | None:
+    """A field mask of ``paths``; None (no mask: every field) when there are none."""
+    listed = list(paths)
+    return field_mask_pb2.FieldMask(paths=listed) if listed else None
+
+
+def label_paths(labels: Mapping[str, str]) -> list[str]:
+    """The update-mask paths that set (or, with an empty value, remove) these labels."""
+    return [f"labels.{key}" for key in labels]
+
+
+def unpack_any(value: any_pb2.Any) -> Message | object:
+    """The message (or JSON value) in ``value``; the Any itself for a type nobody knows."""
+    try:
+        return typeurl.unpack(value)
+    except NotFound:
+        return value
+
+
+def pack_any(value: Message | any_pb2.Any) -> any_pb2.Any:
+    return typeurl.pack(value)
