@@ -275,19 +275,25 @@ def streams(
     """A creator copying ``stdin`` in and the output to ``stdout``/``stderr``
     (``cio.NewCreator(cio.WithStreams(...), cio.WithFIFODir(...))``).
 
-    A stream given as None gets no FIFO: the process's stdin is empty, its
-    output discarded. With ``terminal`` the output all comes on stdout.
+    Without stdin the process's stdin is empty; output without a stream to
+    go to is discarded. With ``terminal`` the output all comes on stdout.
+    With no stream at all the process gets no stdio (as ``null_io``).
     """
 
     def create(id: str) -> IO:
+        if stdin is None and stdout is None and stderr is None:
+            return null_io(id)
         directory = new_fifo_dir(fifo_root)
         try:
+            # containerd's runc shim copies stdout and stderr whenever a
+            # process has any stdio, and fails on an empty path: both are
+            # always FIFOs (stderr not with a terminal), as ctr makes them.
             paths = {
                 name: os.path.join(directory, f"{id}-{name}")
                 for name, wanted in (
                     ("stdin", stdin is not None),
-                    ("stdout", stdout is not None),
-                    ("stderr", stderr is not None and not terminal),
+                    ("stdout", True),
+                    ("stderr", not terminal),
                 )
                 if wanted
             }
@@ -297,7 +303,7 @@ def streams(
                 paths.get("stdin", ""), paths.get("stdout", ""), paths.get("stderr", ""), terminal
             )
             io = IO(config, directory)
-            _start_copies(io, config, stdin, stdout, None if terminal else stderr)
+            _start_copies(io, config, stdin, stdout or _DISCARD, stderr or _DISCARD)
             return io
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
@@ -306,14 +312,23 @@ def streams(
     return create
 
 
+class _Discard:
+    def write(self, data: bytes, /) -> int:
+        return len(data)
+
+
+_DISCARD = _Discard()
+
+
 def _start_copies(
     io: IO, config: Config, stdin: Source | None, stdout: Sink | None, stderr: Sink | None
 ) -> None:
-    if config.stdin and stdin is not None:
+    # a log URI (file://, binary://) is the shim's to write, not a FIFO of ours
+    if config.stdin and "://" not in config.stdin and stdin is not None:
         io.copy_in(config.stdin, stdin)
-    if config.stdout and stdout is not None:
+    if config.stdout and "://" not in config.stdout and stdout is not None:
         io.copy_out(config.stdout, stdout)
-    if config.stderr and stderr is not None:
+    if config.stderr and "://" not in config.stderr and stderr is not None:
         io.copy_out(config.stderr, stderr)
 
 
@@ -348,7 +363,7 @@ def attach(
             raise SystemFailure(
                 f"attach: {os.strerror(errno.ENOENT).lower()}: {', '.join(missing)}"
             )
-        _start_copies(io, config, stdin, stdout, None if config.terminal else stderr)
+        _start_copies(io, config, stdin, stdout or _DISCARD, stderr or _DISCARD)
         return io
 
     return open_existing

@@ -47,7 +47,9 @@ class NamespacesService:
             namespace=pb.Namespace(name=name, labels={k: v for k, v in labels.items() if v}),
             update_mask=field_mask(label_paths(labels)),
         )
-        return dict(self._conn.call(self._stub.Update, req).namespace.labels)
+        self._conn.call(self._stub.Update, req)
+        # containerd answers an update with an empty message: ask again
+        return self.labels(name)
 
     def labels(self, name: str) -> dict[str, str]:
         return self.get(name).labels
