@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Callable
@@ -115,9 +116,9 @@ class _Fifo:
 class IO:
     """A process's stdio: the config for the request, and the copies behind it."""
 
-    def __init__(self, config: Config, directory: str | None = None) -> None:
+    def __init__(self, config: Config, remove: Callable[[], None] | None = None) -> None:
         self.config = config
-        self._dir = directory
+        self._remove = remove  # removes the FIFOs (and their directory)
         self._fifos: list[_Fifo] = []
         self._copies: list[threading.Thread] = []  # stdout and stderr: waited for
         self.errors: list[BaseException] = []
@@ -223,13 +224,13 @@ class IO:
             t.join(timeout)
 
     def close(self) -> None:
-        """Close the FIFOs and remove their directory (call after the process is deleted)."""
+        """Close the FIFOs and remove them (call after the process is deleted)."""
         self.cancel()
         for fifo in self._fifos:
             fifo.close()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        remove, self._remove = self._remove, None
+        if remove is not None:
+            remove()
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -302,7 +303,7 @@ def streams(
             config = Config(
                 paths.get("stdin", ""), paths.get("stdout", ""), paths.get("stderr", ""), terminal
             )
-            io = IO(config, directory)
+            io = IO(config, lambda: shutil.rmtree(directory, ignore_errors=True))
             _start_copies(io, config, stdin, stdout or _DISCARD, stderr or _DISCARD)
             return io
         except BaseException:
@@ -350,20 +351,33 @@ def log_uri(uri: str) -> Creator:
 def attach(
     stdin: Source | None = None, stdout: Sink | None = None, stderr: Sink | None = None
 ) -> Attach:
-    """Reopen the FIFOs of a running process (``cio.NewAttach``); none is created."""
+    """Reopen the FIFOs of a running process (``cio.NewAttach``), after a
+    restart of the client; none is created. Closing the IO removes the FIFOs
+    and, once empty, their directories, as the Go client's ``loadFifos``."""
 
     def open_existing(config: Config) -> IO:
-        io = IO(config)
-        missing = [
-            p
-            for p in (config.stdin, config.stdout, config.stderr)
-            if p and "://" not in p and not os.path.exists(p)
-        ]
+        paths = [p for p in (config.stdin, config.stdout, config.stderr) if p and "://" not in p]
+        missing = [p for p in paths if not os.path.exists(p)]
         if missing:
             raise SystemFailure(
                 f"attach: {os.strerror(errno.ENOENT).lower()}: {', '.join(missing)}"
             )
+        io = IO(config, lambda: _remove_fifos(paths))
         _start_copies(io, config, stdin, stdout or _DISCARD, stderr or _DISCARD)
         return io
 
     return open_existing
+
+
+def _remove_fifos(paths: list[str]) -> None:
+    for p in paths:
+        try:
+            if stat.S_ISFIFO(os.lstat(p).st_mode):
+                os.remove(p)
+        except OSError:
+            pass
+    for d in {os.path.dirname(p) for p in paths}:
+        try:
+            os.rmdir(d)  # only if nothing else is in it
+        except OSError:
+            pass

@@ -118,7 +118,9 @@ class Container:
         io = None
         if attach is not None:
             io = attach(cio.Config(state.stdin, state.stdout, state.stderr, state.terminal))
-        return Task(self._client.tasks, self.id, io, state.pid)
+        task = Task(self._client.tasks, self.id, io, state.pid)
+        task.watch_stdin()
+        return task
 
     def delete(self, *, snapshot: bool = True) -> None:
         """Delete the record, and with ``snapshot`` its rootfs snapshot.

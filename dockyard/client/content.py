@@ -192,6 +192,11 @@ class Writer:
     def __enter__(self) -> Writer:
         return self
 
+    def __del__(self) -> None:
+        # a writer dropped unclosed must not leave gRPC's request thread waiting
+        if not getattr(self, "_closed", True):
+            self._finish()
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,

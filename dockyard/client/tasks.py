@@ -333,9 +333,14 @@ class Process:
                 self.io.cancel()
                 self.io.close()
             raise
+        self.watch_stdin()
+        return self.pid
+
+    def watch_stdin(self) -> None:
+        """Close the process's stdin once the IO has sent all of it (see
+        ``cio.IO.on_stdin_done``); done by ``start`` and by attaching."""
         if self.io is not None and self.io.config.stdin:
             self.io.on_stdin_done(self._close_stdin)
-        return self.pid
 
     def _close_stdin(self) -> None:
         # Runs in the stdin copy thread once all is sent: the process gets
@@ -477,4 +482,6 @@ class Task(Process):
         io = None
         if attach is not None:
             io = attach(cio.Config(state.stdin, state.stdout, state.stderr, state.terminal))
-        return Process(self._tasks, self.container_id, exec_id, io, state.pid)
+        process = Process(self._tasks, self.container_id, exec_id, io, state.pid)
+        process.watch_stdin()
+        return process
