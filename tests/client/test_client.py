@@ -25,6 +25,7 @@ from dockyard.client.client import Client
 from dockyard.client.container import Container
 from dockyard.client.containers import ContainerRecord
 from dockyard.client.image import SNAPSHOT_GC_LABEL, UNCOMPRESSED_LABEL
+from dockyard.client.leases import Resource
 from dockyard.client.snapshots import Kind
 from dockyard.client.tasks import Process, TaskStatus
 from dockyard.errors import (
@@ -274,6 +275,14 @@ def test_content_write_resumes_after_a_partial_write(ns: Client, tmp_path: Path)
         with pytest.raises(NotFound):
             ns.content.status(ref)
         ns.content.delete(want)
+        # a truncated ingest starts again from nothing
+        writer = ns.content.writer("truncated", total=len(data))
+        writer.write(b"not this")
+        writer.truncate()
+        assert writer.offset == 0
+        writer.close()
+        assert ns.content.status("truncated").offset == 0
+        ns.content.abort("truncated")
 
 
 def test_content_with_a_wrong_digest_is_refused_and_nothing_is_left(ns: Client) -> None:
@@ -429,6 +438,8 @@ def test_run_echo_hello(ns: Client, image: Image, shim: Shim, daemon: Daemon) ->
         assert (record.snapshotter, record.snapshot_key) == ("overlayfs", cid)
         assert record.runtime.name == shim.name
         assert record.labels == {"l": "1"}
+        assert container.set_labels({"l": "", "m": "2"}) == {"m": "2"}
+        assert ns.containers.list("labels.m==2")[0].id == cid
         assert container.spec() == spec
         assert ns.snapshots().stat(cid).kind == Kind.ACTIVE
         assert [c.id for c in ns.list_containers()] == [cid]
@@ -469,7 +480,7 @@ def finish(process: Process) -> int:
     return exited.result(WAIT).code
 
 
-def test_task_exec_pids_pause_kill(box: Container, shim: Shim, daemon: Daemon) -> None:
+def test_task_exec_pids_pause_kill(ns: Client, box: Container, shim: Shim, daemon: Daemon) -> None:
     out = io.BytesIO()
     task = box.new_task(cio.streams(stdout=out, fifo_root=daemon.fifo_root))
     try:
@@ -510,6 +521,15 @@ def test_task_exec_pids_pause_kill(box: Container, shim: Shim, daemon: Daemon) -
         assert task.status().status == TaskStatus.RUNNING
         metric = task.metrics()
         assert metric.id == box.id and metric.data is not None
+        # resources of the running task, as the runtime sets them in its cgroup
+        task.update({"cpu": {"shares": 512}})
+        shares = [
+            d / "cpu.shares"
+            for d in host.cgroup_dirs(f"{ns.namespace}/{box.id}")
+            if (d / "cpu.shares").exists()
+        ]
+        if shares:  # cgroup v1 (v2 names it cpu.weight)
+            assert [p.read_text().strip() for p in shares] == ["512"]
 
         # a running task is not deleted, nor its container
         with pytest.raises(FailedPrecondition):
@@ -590,6 +610,15 @@ def test_leases(ns: Client) -> None:
     assert ns.leases.list() == []
     made = ns.leases.create("mine", expire=None)
     assert made.labels == {}
+    # a resource added by hand is held, and let go
+    data = b"by hand\n"
+    with ns.use_lease("mine"):
+        ns.content.write_blob(data, digest(data))
+    held = Resource(digest(data), "content")
+    ns.leases.add_resource("mine", held)
+    assert held in ns.leases.list_resources("mine")
+    ns.leases.delete_resource("mine", held)
+    assert held not in ns.leases.list_resources("mine")
     ns.leases.delete("mine", sync=True)
     # nothing kept the blob once its lease went
     with pytest.raises(NotFound):
