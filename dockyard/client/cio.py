@@ -16,7 +16,8 @@ Each FIFO is opened by its thread, which blocks until the shim opens the
 other end (containerd's ``fifo.OpenFifo`` with ``O_NONBLOCK`` does the
 same in a goroutine). ``cancel()`` unblocks the opens that have not
 happened, for a process that never started; ``wait()`` waits for the
-output copies; ``close()`` closes the FIFOs and removes their directory.
+output copies; ``close()`` removes the FIFOs and their directory. Each
+copy closes its own end of its FIFO when it is done.
 
 With a terminal there is no stderr: the shim sends the terminal's output
 to stdout. ``null_io`` gives a process no stdio at all, and ``log_uri``
@@ -61,7 +62,12 @@ class Config:
 
 
 class _Fifo:
-    """One FIFO opened by a copy thread; its pending open can be cancelled."""
+    """One FIFO opened by a copy thread; its pending open can be cancelled.
+
+    The descriptor belongs to the thread alone: it is closed by the thread
+    once the copy ends, never from outside, where its number could already
+    name another file by the time the thread used it again.
+    """
 
     def __init__(self, path: str, flags: int) -> None:
         self.path = path
@@ -77,7 +83,8 @@ class _Fifo:
         try:
             fd: int | None = os.open(self.path, self._flags | os.O_CLOEXEC)
         except OSError:
-            fd = None
+            self._opened.set()
+            raise
         with self._lock:
             self._opened.set()
             if self._cancelled and fd is not None:
@@ -168,7 +175,11 @@ class IO:
         self._fifos.append(fifo)
 
         def copy() -> None:
-            fd = fifo.open()
+            try:
+                fd = fifo.open()
+            except OSError:
+                self._stdin_finished(False)
+                raise
             if fd is None:
                 self._stdin_finished(False)
                 return
@@ -224,10 +235,12 @@ class IO:
             t.join(timeout)
 
     def close(self) -> None:
-        """Close the FIFOs and remove them (call after the process is deleted)."""
+        """Remove the FIFOs (call after the process is deleted).
+
+        Pending opens are abandoned; a copy still running ends by itself
+        when the shim closes its end, and closes its own descriptor then.
+        """
         self.cancel()
-        for fifo in self._fifos:
-            fifo.close()
         remove, self._remove = self._remove, None
         if remove is not None:
             remove()
