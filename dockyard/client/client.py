@@ -55,7 +55,7 @@ from dockyard.client.snapshots import DEFAULT_SNAPSHOTTER, SnapshotsService
 from dockyard.client.tasks import TasksService
 from dockyard.errors import InvalidArgument, NotFound
 from dockyard.image.images import Image
-from dockyard.spec.image import Platform
+from dockyard.spec.image import ImageConfig, Platform
 
 DEFAULT_TIMEOUT = 60.0
 # containerd's client gives up dialling after this long (its defaults.DefaultDialTimeout).
@@ -209,8 +209,8 @@ class Client:
     def is_unpacked(self, image: Image | str, snapshotter: str = DEFAULT_SNAPSHOTTER) -> bool:
         return image_ops.is_unpacked(self, self.get_image(image), snapshotter)
 
-    def image_config(self, image: Image | str, platform: Platform | None = None) -> Any:
-        """The image's config (``dockyard.spec.image.ImageConfig``) for the platform."""
+    def image_config(self, image: Image | str, platform: Platform | None = None) -> ImageConfig:
+        """The image's config for the platform (this host's if None)."""
         return image_ops.resolve(self, self.get_image(image), platform).config
 
     def docker_spec(

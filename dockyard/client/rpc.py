@@ -91,6 +91,13 @@ _T = TypeVar("_T")
 NO_TIMEOUT: float | None = None
 
 
+class _Default:
+    """The client's own timeout, as opposed to a given one or none."""
+
+
+DEFAULT = _Default()
+
+
 class Connection:
     """A channel to the daemon and the namespace and lease requests carry.
 
@@ -158,9 +165,9 @@ class Connection:
             md.append((LEASE_KEY, lease))
         return md
 
-    def call(self, method: Any, request: Any, *, timeout: float | str | None = "default") -> Any:
+    def call(self, method: Any, request: Any, *, timeout: float | _Default | None = DEFAULT) -> Any:
         """A unary call; a failure is raised as the dockyard error for its code."""
-        deadline = self.timeout if timeout == "default" else timeout
+        deadline = self.timeout if isinstance(timeout, _Default) else timeout
         try:
             return method(request, metadata=self.metadata(), timeout=deadline)
         except grpc.RpcError as e:

@@ -115,6 +115,8 @@ def test_errors_are_mapped_from_status_codes(ns: Client) -> None:
         ns.images.get("docker.io/library/nothing:here")
     with pytest.raises(NotFound):
         ns.content.info(digest(b"nothing"))
+    with pytest.raises(NotFound):
+        ns.content.read_bytes(digest(b"nothing"))  # a stream's error, mapped too
     with pytest.raises(InvalidArgument):
         ns.content.info("sha256:not-a-digest")
     with pytest.raises(InvalidArgument):
