@@ -116,6 +116,9 @@ class Metadata:
         self.db.executescript(SCHEMA)
         self.lock = threading.RLock()
         self.in_use_checks: list[InUseCheck] = [self._containers_in]
+        # What else goes with a namespace (its leases: containerd drops the
+        # whole namespace bucket, leases included, once the data is gone).
+        self.on_namespace_delete: list[Callable[[str], None]] = []
 
     def close(self) -> None:
         self.db.close()
@@ -139,6 +142,14 @@ class Metadata:
                 )
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"namespace {name!r}: already exists") from None
+
+    def namespace_labels(self, name: str) -> dict[str, str]:
+        """The labels of ``name``; none for a namespace that does not exist
+        (containerd's Get answers so)."""
+        try:
+            return self.get_namespace(name)
+        except NotFound:
+            return {}
 
     def get_namespace(self, name: str) -> dict[str, str]:
         with self.lock:
@@ -174,6 +185,8 @@ class Metadata:
                     f"namespace {name!r} must be empty, but it still has {', '.join(left)}"
                 )
             self.db.execute("DELETE FROM namespaces WHERE name = ?", (name,))
+        for hook in self.on_namespace_delete:
+            hook(name)
 
     def _containers_in(self, ns: str) -> list[str]:
         row = self.db.execute("SELECT 1 FROM containers WHERE namespace = ? LIMIT 1", (ns,))

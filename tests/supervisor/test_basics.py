@@ -76,14 +76,26 @@ def test_namespace_with_containers_cannot_be_removed(supervisor: Supervisor) -> 
     supervisor.ctr("namespaces", "rm", ns)
 
 
+def test_a_namespace_with_only_a_lease_goes_and_takes_the_lease(supervisor: Supervisor) -> None:
+    ns = new_ns()
+    supervisor.ctr("leases", "create", "--id", "held", namespace=ns)
+    assert supervisor.ctr("leases", "ls", "-q", namespace=ns).stdout.split() == ["held"]
+    supervisor.ctr("namespaces", "rm", ns)
+    assert ns not in supervisor.ctr("namespaces", "ls", "--quiet").stdout.split()
+    assert supervisor.ctr("leases", "ls", "-q", namespace=ns).stdout.split() == []
+
+
 def test_bad_namespace_names(supervisor: Supervisor) -> None:
     with supervisor.channel() as ch:
         stub = namespace_pb2_grpc.NamespacesStub(ch)
         for bad in ("", "a b", "-x", "x" * 77, "a/b"):
             with fails(grpc.StatusCode.INVALID_ARGUMENT, "namespace"):
                 stub.Create(npb.CreateNamespaceRequest(namespace=npb.Namespace(name=bad)))
-        with fails(grpc.StatusCode.NOT_FOUND, "not found"):
-            stub.Get(npb.GetNamespaceRequest(name="nosuchns"))
+        # containerd answers a namespace it does not know with no labels
+        got = stub.Get(npb.GetNamespaceRequest(name="nosuchns")).namespace
+        assert got.name == "nosuchns" and not got.labels
+        with fails(grpc.StatusCode.INVALID_ARGUMENT, "identifier"):
+            stub.Get(npb.GetNamespaceRequest(name="a b"))
         with fails(grpc.StatusCode.INVALID_ARGUMENT, "cannot update field"):
             stub.Update(
                 npb.UpdateNamespaceRequest(

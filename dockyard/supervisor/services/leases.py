@@ -122,7 +122,14 @@ def register(server: grpc.Server, sup: Supervisor) -> None:
     from dockyard.supervisor.daemon import Plugin
 
     leases_pb2_grpc.add_LeasesServicer_to_server(LeasesService(sup), server)
-    sup.metadata.in_use_checks.append(lambda ns: ["leases"] if sup.leases.list(ns) else [])
+
+    def drop_leases(ns: str) -> None:
+        for held in sup.leases.list(ns):
+            sup.leases.delete(ns, held.id)
+        sup.gc.schedule()
+
+    # Leases do not keep a namespace: they go with it (as in containerd).
+    sup.metadata.on_namespace_delete.append(drop_leases)
     sup.plugins += [
         Plugin("io.containerd.lease.v1", "manager"),
         Plugin("io.containerd.grpc.v1", "leases"),

@@ -30,7 +30,10 @@ class NamespacesService(namespace_pb2_grpc.NamespacesServicer):
     def Get(
         self, request: pb.GetNamespaceRequest, context: grpc.ServicerContext
     ) -> pb.GetNamespaceResponse:
-        return pb.GetNamespaceResponse(namespace=self._message(request.name))
+        validate_identifier("namespace", request.name)
+        # containerd answers a namespace it does not know with no labels
+        labels = self.meta.namespace_labels(request.name)
+        return pb.GetNamespaceResponse(namespace=pb.Namespace(name=request.name, labels=labels))
 
     @rpc
     def List(
