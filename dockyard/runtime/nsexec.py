@@ -247,13 +247,23 @@ def _stage1(
                 ) from None
         if "time" in new:
             _write_time_offsets(linux.get("timeOffsets") or {})
+        # The init and this stage share the channel: the init must not speak
+        # before "pid" is sent, or the parent would read its first message
+        # in place of the pid (seen under load). A pipe holds it until then.
+        hold_r, hold_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:
             try:
+                os.close(hold_w)
+                os.read(hold_r, 1)
+                os.close(hold_r)
                 child(ch)
             except BaseException as e:
                 report_and_exit(ch, e)
+        os.close(hold_r)
         ch.send("pid", str(pid))
+        os.write(hold_w, b"g")
+        os.close(hold_w)
     except BaseException as e:
         report_and_exit(ch, e)
     os._exit(0)
