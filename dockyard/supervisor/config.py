@@ -7,6 +7,7 @@ operator finds the same keys::
     state = "/run/dockyard"           # runtime state: bundles, shim sockets
     snapshotter = "overlayfs"         # the default snapshotter
     default_runtime = "io.containerd.dockyard.v2"
+    shim_template = true              # fork dockyard's shims from a warm template
 
     [grpc]
     address = "/run/dockyard/supervisor.sock"
@@ -58,6 +59,9 @@ class Config:
     # reads) and each task Wait (every foreground `ctr run`) holds one for
     # its duration. Threads are started only as needed.
     workers: int = 512
+    # Fork dockyard's shims from a pre-imported template process (faster
+    # starts, shared memory); off: every shim starts as a command.
+    shim_template: bool = True
 
     def __post_init__(self) -> None:
         self.finish()
@@ -99,7 +103,7 @@ def _gid(value: object) -> int:
 def from_dict(data: dict[str, Any]) -> Config:
     """A Config from the parsed TOML document; unknown keys are errors, so typos show."""
     known = {"root", "state", "snapshotter", "default_runtime", "grpc", "ttrpc", "runtimes"}
-    known |= {"version", "workers"}
+    known |= {"version", "workers", "shim_template"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise InvalidArgument(f"config: unknown key(s): {', '.join(unknown)}")
@@ -113,6 +117,10 @@ def from_dict(data: dict[str, Any]) -> Config:
         if not isinstance(data["workers"], int):
             raise InvalidArgument("config: workers must be an integer")
         kw["workers"] = data["workers"]
+    if "shim_template" in data:
+        if not isinstance(data["shim_template"], bool):
+            raise InvalidArgument("config: shim_template must be true or false")
+        kw["shim_template"] = data["shim_template"]
     g = _table(data, "grpc")
     if "address" in g:
         kw["address"] = str(g["address"])

@@ -60,6 +60,8 @@ from dockyard.errors import (
     NotFound,
     SystemFailure,
 )
+from dockyard.shim.template import SHIM_NAME as TEMPLATE_SHIM
+from dockyard.shim.template import Template
 from dockyard.supervisor.grpcutil import validate_identifier
 from dockyard.ttrpc import Client, ConnectionClosed, Error, codes
 
@@ -567,6 +569,39 @@ class ShimManager:
         self._starting: set[tuple[str, str]] = set()
         self._closing = False
         self._logs = LogDrain()
+        self.template = self._start_template() if config.shim_template else None
+
+    # -- the shim template ---------------------------------------------------------
+
+    def _start_template(self) -> Template | None:
+        """Start the process dockyard's shims are forked from (``dockyard.shim.template``).
+
+        Shims forked from it start without an interpreter start and share its
+        pages. Without it every shim starts as a command: nothing fails.
+        """
+        directory = os.path.join(self.sup.config.state, "shim-template")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
+        pid_file = os.path.join(directory, "pid")
+        _stop_stale_template(pid_file, directory)
+        template = Template(os.path.join(directory, "template.sock"))
+        try:
+            template.start()
+        except DockyardError as e:
+            log.warning("shim template: %s; dockyard's shims start as commands", e)
+            return None
+        with open(pid_file, "w") as f:
+            f.write(str(template.pid))
+        log.info("shim template %d serving on %s", template.pid, template.socket_path)
+        return template
+
+    def _template_env(self, binary: str) -> dict[str, str]:
+        template = self.template
+        if template is None or os.path.basename(binary) != TEMPLATE_SHIM:
+            return {}
+        if not template.alive():
+            return {}
+        return template.env()
 
     # -- the task list --------------------------------------------------------
 
@@ -700,6 +735,7 @@ class ShimManager:
         ]
         env = dict(os.environ)
         env["TTRPC_ADDRESS"] = self.ttrpc_address
+        env.update(self._template_env(binary))
         env.setdefault("GOMAXPROCS", "2")
         what = f"shim {os.path.basename(binary)} {args[-1]} for task {bundle.id}"
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -987,6 +1023,37 @@ class ShimManager:
         for shim in shims:
             shim.close()
         self._logs.close()
+        if self.template is not None:
+            # the shims it forked keep running
+            self.template.stop()
+            try:
+                os.unlink(os.path.join(os.path.dirname(self.template.socket_path), "pid"))
+            except FileNotFoundError:
+                pass
+
+
+def _stop_stale_template(pid_file: str, directory: str) -> None:
+    """End the template a supervisor killed before could not stop (found by the pid
+    it recorded, and only if that process still names our socket directory)."""
+    try:
+        with open(pid_file) as f:
+            pid = int(f.read().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return
+    if pid <= 1:
+        return
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return
+    if directory.encode() not in cmdline:
+        return  # the pid was reused by something else
+    try:
+        os.kill(pid, 15)
+    except ProcessLookupError:
+        return
+    log.info("stopped the shim template %d a previous supervisor left running", pid)
 
 
 def _subdirs(path: str) -> Iterator[str]:
