@@ -30,6 +30,7 @@ from dockyard.shim import log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
     from dockyard.shim.main import Flags
@@ -119,12 +120,12 @@ def read_address(directory: str = ".") -> str:
         return ""
 
 
-def _grouping(id: str) -> str:
+def _grouping(id: str, bundle: str = ".") -> str:
     """The id whose shim this container joins: its group annotation, else itself."""
     from dockyard import jsonio
 
     try:
-        with open("config.json", "rb") as f:
+        with open(os.path.join(bundle, "config.json"), "rb") as f:
             annotations = jsonio.loads(f.read()).get("annotations") or {}
     except (OSError, ValueError, AttributeError) as e:
         raise SystemFailure(f"read config.json of {id}: {e}") from None
@@ -143,7 +144,42 @@ def self_command() -> list[str]:
 
 
 def start(flags: Flags) -> int:
-    address = socket_address(flags.address, flags.namespace, _grouping(flags.id))
+    address = launch(
+        self_command(),
+        flags.namespace,
+        flags.id,
+        flags.address,
+        options=_read_options(),
+        debug=flags.debug,
+        oom_parent=os.getppid(),
+    )
+    sys.stdout.write(address)
+    return 0
+
+
+def launch(
+    command: list[str],
+    namespace: str,
+    id: str,
+    containerd_address: str,
+    *,
+    bundle: str = ".",
+    env: Mapping[str, str] | None = None,
+    options: bytes = b"",
+    debug: bool = False,
+    oom_parent: int,
+    command_fallback: bool = True,
+) -> str:
+    """What ``start`` does, for the container ``id`` whose bundle is ``bundle``:
+    the address of the shim serving it, started now if none does.
+
+    ``command`` runs the shim; ``env`` is its environment (default: ours);
+    ``options`` the runtime options containerd writes on stdin; the shim's
+    OOM score is one more than ``oom_parent``'s. Without ``command_fallback``
+    a template that cannot fork the shim raises ``TemplateError`` instead
+    of the shim being started as a command (see ``Template.start_shim``).
+    """
+    address = socket_address(containerd_address, namespace, _grouping(id, bundle))
     try:
         listener = new_socket(address)
     except OSError as e:
@@ -153,62 +189,86 @@ def start(flags: Flags) -> int:
             ) from None
         if can_connect(address):
             # A shim serves this address already (a grouped container, or a retry).
-            write_address(address)
-            sys.stdout.write(address)
-            return 0
+            write_address(address, bundle)
+            return address
         remove_socket(address)
         listener = new_socket(address)
     try:
-        write_address(address)
-        command = self_command()
-        argv = [
-            *command,
-            "-namespace",
-            flags.namespace,
-            "-id",
-            flags.id,
-            "-address",
-            flags.address,
-        ]
-        if flags.debug:
+        write_address(address, bundle)
+        argv = [*command, "-namespace", namespace, "-id", id, "-address", containerd_address]
+        if debug:
             argv.append("-debug")
-        _start_shim(argv, listener.fileno(), _read_options(), forkable=len(command) == 1)
+        _start_shim(
+            argv,
+            listener.fileno(),
+            options,
+            env=os.environ if env is None else env,
+            bundle=bundle,
+            oom_parent=oom_parent,
+            forkable=len(command) == 1,
+            command_fallback=command_fallback,
+        )
     except BaseException:
         remove_socket(address)
         raise
     finally:
         listener.close()
-    sys.stdout.write(address)
-    return 0
+    return address
 
 
-def _start_shim(argv: list[str], listener: int, options: bytes, *, forkable: bool) -> int:
+def _start_shim(
+    argv: list[str],
+    listener: int,
+    options: bytes,
+    *,
+    env: Mapping[str, str],
+    bundle: str,
+    oom_parent: int,
+    forkable: bool,
+    command_fallback: bool,
+) -> int:
     """Start the long-running shim serving ``listener``: forked by the template
     when there is one and ``argv`` is the shim binary's, else as a command; its pid."""
     from dockyard.shim.template import ENV, TemplateError, fork_shim
 
-    template = os.environ.get(ENV, "") if forkable else ""
+    template = env.get(ENV, "") if forkable else ""
+    log_fifo = os.path.join(bundle, "log")
     if template:
         try:
-            forked = fork_shim(template, argv, listener)
+            forked = fork_shim(template, argv, listener, env=env, cwd=bundle)
         except TemplateError as e:
-            log.to_fifo("warning", f"shim template {template}: {e}: starting the shim as a command")
+            if not command_fallback:
+                raise
+            log.to_fifo(
+                "warning",
+                f"shim template {template}: {e}: starting the shim as a command",
+                log_fifo,
+            )
         else:
             try:
                 _apply_options(forked.pid, options)
-                _adjust_oom_score(forked.pid)
+                _adjust_oom_score(forked.pid, oom_parent)
             except BaseException:
                 forked.cancel()
                 raise
             if forked.go():
                 return forked.pid
-            log.to_fifo("warning", f"shim template {template}: the shim it forked is gone")
+            if not command_fallback:
+                raise TemplateError("the shim it forked is gone")
+            log.to_fifo(
+                "warning", f"shim template {template}: the shim it forked is gone", log_fifo
+            )
+    elif not command_fallback:
+        raise TemplateError("no shim template to fork the shim")
+    if os.path.abspath(bundle) != os.getcwd():
+        # A command starts in the bundle (posix_spawn cannot change directory).
+        raise SystemFailure(f"start the shim as a command: not in its bundle {bundle}")
     from dockyard.shim.reaper import spawn
 
-    pid = spawn(argv, extra={3: listener}, setsid=True)
+    pid = spawn(argv, extra={3: listener}, env=env, setsid=True)
     try:
         _apply_options(pid, options)
-        _adjust_oom_score(pid)
+        _adjust_oom_score(pid, oom_parent)
     except BaseException:
         try:
             os.kill(pid, 9)
@@ -255,10 +315,10 @@ def _apply_options(pid: int, data: bytes) -> None:
     mgr.apply(pid)
 
 
-def _adjust_oom_score(pid: int) -> None:
-    """containerd's score + 1, so the OOM killer picks the shim before containerd."""
+def _adjust_oom_score(pid: int, parent: int) -> None:
+    """containerd's (``parent``'s) score + 1, so the OOM killer picks the shim first."""
     try:
-        with open(f"/proc/{os.getppid()}/oom_score_adj") as f:
+        with open(f"/proc/{parent}/oom_score_adj") as f:
             score = int(f.read().strip())
         with open(f"/proc/{pid}/oom_score_adj", "w") as f:
             f.write(str(min(score + 1, 1000)))

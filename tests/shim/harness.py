@@ -145,7 +145,11 @@ class ShimUnderTest:
     def start(self) -> str:
         p = self.action("start")
         assert p.returncode == 0, f"shim start failed: {p.stderr.decode()}"
-        self.address = p.stdout.decode().strip()
+        return self.attach(p.stdout.decode().strip())
+
+    def attach(self, address: str) -> str:
+        """Connect to the shim serving ``address`` (its start printed it)."""
+        self.address = address
         self.client = Client(self.address)
         self.pid = self.call(
             "Connect", api.ConnectRequest(id=self.id), api.ConnectResponse

@@ -231,6 +231,52 @@ def test_no_template_answering_is_a_warning_in_the_log(bundle: Bundle, tmp_path:
             created.cleanup()
 
 
+def test_start_shim_in_process(
+    templated: ShimEnv, own_template: Template, make_bundle: Callable[[], Bundle]
+) -> None:
+    """``Template.start_shim``: start's work done by the supervisor itself."""
+    bundle = make_bundle().set_args("sh", "-c", "exit 5").write()
+    shim = templated.shim(bundle)
+    address = own_template.start_shim(
+        namespace=shim.namespace,
+        id=shim.id,
+        address=shim.containerd_address,
+        bundle=str(bundle.path),
+        env=shim.env,
+    )
+    assert (bundle.path / "address").read_text() == address
+    shim.attach(address)
+    assert ppid(shim.pid) == own_template.pid
+    with open(f"/proc/{shim.pid}/oom_score_adj") as f, open("/proc/self/oom_score_adj") as g:
+        assert int(f.read()) == min(int(g.read()) + 1, 1000)
+    assert run_to_exit(shim, templated, bundle, "sh", "-c", "exit 5") == 5
+    templated.sink.wait_for(shim.id, "/tasks/delete")
+    # The same container again: the shim serving it already is the answer.
+    again = own_template.start_shim(
+        namespace=shim.namespace,
+        id=shim.id,
+        address=shim.containerd_address,
+        bundle=str(bundle.path),
+        env=shim.env,
+    )
+    assert again == address
+
+    # A template that is gone: an error, and nothing left behind.
+    other = make_bundle().set_args("true").write()
+    late = templated.shim(other)
+    own_template.stop()
+    with pytest.raises(TemplateError):
+        own_template.start_shim(
+            namespace=late.namespace,
+            id=late.id,
+            address=late.containerd_address,
+            bundle=str(other.path),
+            env=late.env,
+        )
+    socket_file = (other.path / "address").read_text().removeprefix("unix://")
+    assert not os.path.exists(socket_file)
+
+
 def _listener(base: Path) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(str(base / f"l{uuid.uuid4().hex[:6]}.sock"))
