@@ -69,14 +69,16 @@ def _timed(name: str, fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any
 
 def _preload() -> None:
     """Everything a fork of this shim may import, while no other thread exists
-    (see ``preload``); done already in a shim forked from the template."""
+    (see ``preload``), when it will run dockyard-runtime in-process; done
+    already in a shim forked from the template. A shim that runs its runtime
+    as a command forks no Python and imports lazily, as it always did."""
     if preload.loaded("runtime"):
         return
-    preload.shim()
     from dockyard.shim.container import shim_dir
     from dockyard.shim.runtime import default_runs_in_process
 
     if default_runs_in_process(shim_dir()):
+        preload.shim()
         preload.runtime()
 
 
