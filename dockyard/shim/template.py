@@ -705,7 +705,6 @@ def serve(socket_path: str, shim_binary: str = "", *, ready_fd: int | None = Non
 def default_shim_binary() -> str:
     """The shim binary a supervisor would run: on PATH, else beside this Python."""
     import shutil
-    import sys
 
     found = shutil.which(SHIM_NAME)
     if found:
@@ -731,8 +730,6 @@ class Template:
         stderr: int | None = None,
     ) -> None:
         """``stderr``: where the template's own errors go (default: inherited)."""
-        import sys
-
         self.socket_path = os.path.abspath(socket_path)
         self.shim_binary = shim_binary or default_shim_binary()
         self.python = python or sys.executable
@@ -864,8 +861,6 @@ USAGE = "usage: python -m dockyard.shim.template --socket PATH [--shim SHIM_BINA
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys
-
     args = sys.argv[1:] if argv is None else argv
     opts: dict[str, str] = {}
     i = 0
