@@ -663,7 +663,13 @@ def _fork_spares(spare: _Spare) -> None:
                 pass
 
 
-def serve(socket_path: str, shim_binary: str = "", *, ready_fd: int | None = None) -> int:
+def serve(
+    socket_path: str,
+    shim_binary: str = "",
+    *,
+    ready_fd: int | None = None,
+    die_with_parent: bool = False,
+) -> int:
     """The template's main loop: import everything, listen, fork shims until SIGTERM.
 
     Single-threaded throughout, so every fork is safe. ``ready_fd`` gets
@@ -675,6 +681,13 @@ def serve(socket_path: str, shim_binary: str = "", *, ready_fd: int | None = Non
     # No collection from here on: the imports below leave no holes in pages
     # the children share, and gc.freeze() before each fork does the rest.
     gc.disable()
+    if die_with_parent:
+        # A supervisor that is killed cannot stop its template: end with it
+        # (the shims it forked are sessions of their own and keep running).
+        parent = os.getppid()
+        _libc_prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            return 0
     from dockyard.shim import preload
 
     preload.shim()
@@ -700,6 +713,18 @@ def serve(socket_path: str, shim_binary: str = "", *, ready_fd: int | None = Non
         except OSError:
             pass
     return 0
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _libc_prctl(option: int, value: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def default_shim_binary() -> str:
@@ -728,12 +753,16 @@ class Template:
         shim_binary: str = "",
         python: str = "",
         stderr: int | None = None,
+        die_with_parent: bool = False,
     ) -> None:
-        """``stderr``: where the template's own errors go (default: inherited)."""
+        """``stderr``: where the template's own errors go (default: inherited);
+        ``die_with_parent``: the template ends when the thread that started it
+        does (a supervisor's main thread), even when that one is killed."""
         self.socket_path = os.path.abspath(socket_path)
         self.shim_binary = shim_binary or default_shim_binary()
         self.python = python or sys.executable
         self.stderr = stderr
+        self.die_with_parent = die_with_parent
         self._proc: Any = None
 
     @property
@@ -756,6 +785,7 @@ class Template:
         return [
             *(self.python, "-I", "-S", "-c", boot),
             *("--socket", self.socket_path, "--shim", self.shim_binary),
+            *(("--die-with-parent",) if self.die_with_parent else ()),
             # Room for each shim's own command line, written over this one.
             " " * CMDLINE_ROOM,
         ]
@@ -857,7 +887,10 @@ class Template:
         self.stop()
 
 
-USAGE = "usage: python -m dockyard.shim.template --socket PATH [--shim SHIM_BINARY]\n"
+USAGE = (
+    "usage: python -m dockyard.shim.template --socket PATH [--shim SHIM_BINARY]"
+    " [--die-with-parent]\n"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -868,6 +901,10 @@ def main(argv: list[str] | None = None) -> int:
         name = args[i]
         if not name.strip():
             i += 1  # room for the shims' command lines (see Template.argv)
+            continue
+        if name == "--die-with-parent":
+            opts[name] = "1"
+            i += 1
             continue
         if name not in ("--socket", "--shim") or i + 1 >= len(args):
             sys.stderr.write(USAGE)
@@ -880,7 +917,12 @@ def main(argv: list[str] | None = None) -> int:
     from dockyard.errors import DockyardError
 
     try:
-        return serve(opts["--socket"], opts.get("--shim", ""), ready_fd=1)
+        return serve(
+            opts["--socket"],
+            opts.get("--shim", ""),
+            ready_fd=1,
+            die_with_parent="--die-with-parent" in opts,
+        )
     except (DockyardError, OSError) as e:
         sys.stderr.write(f"dockyard-shim-template: {e}\n")
         return 1

@@ -584,7 +584,9 @@ class ShimManager:
         os.chmod(directory, 0o700)
         pid_file = os.path.join(directory, "pid")
         _stop_stale_template(pid_file, directory)
-        template = Template(os.path.join(directory, "template.sock"))
+        # started from the main thread (tasks.register): it ends with the
+        # supervisor, even a killed one
+        template = Template(os.path.join(directory, "template.sock"), die_with_parent=True)
         try:
             template.start()
         except DockyardError as e:

@@ -190,3 +190,22 @@ def test_a_shim_without_its_task_is_shut_down_on_load(shim: Runner) -> None:
     host.wait_for(lambda: not shim_pids(cid), 10, "the shim to be shut down")
     shim.start(cid, detach=True)
     assert sup.tasks()[cid] == "RUNNING"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_the_shim_template_ends_with_the_supervisor(
+    supervisor: Supervisor, sig: signal.Signals
+) -> None:
+    """The template dockyard's shims are forked from is the supervisor's: it must
+    not outlive it, even a killed one (a restarted supervisor starts its own)."""
+    marker = f"{supervisor.state}/shim-template/"
+    before = host.pids_mentioning(marker)
+    assert before, "the supervisor started no shim template"
+    supervisor.kill(sig)
+    try:
+        host.wait_for(
+            lambda: not any(host.alive(p) for p in before), 10, "the shim template to end"
+        )
+    finally:
+        supervisor.start()
+    assert host.pids_mentioning(marker), "the restarted supervisor has no template"
