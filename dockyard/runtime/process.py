@@ -303,9 +303,29 @@ class Finalizer:
             self.notify_fd = None
 
     def exec(self) -> None:
+        reset_signals()
         try:
             os.execve(self.exe, self.args, self.env)
         except OSError as e:
             raise SystemFailure(
                 f'exec: "{self.args[0]}": {os.strerror(e.errno or 0).lower()}'
             ) from None
+
+
+def reset_signals() -> None:
+    """Give the program every signal at its default and none blocked, as runc does.
+
+    execve keeps ignored signals ignored and the mask as it is: CPython
+    ignores SIGPIPE and SIGXFSZ at start-up, so without this a container's
+    ``yes | head`` would never end by SIGPIPE. (``_signal``: ``signal``
+    imports enum, too costly at every runtime start.)
+    """
+    import _signal
+
+    for signum in range(1, _signal.NSIG):
+        try:
+            if _signal.getsignal(signum) == _signal.SIG_IGN:
+                _signal.signal(signum, _signal.SIG_DFL)
+        except (OSError, ValueError, RuntimeError):
+            pass  # SIGKILL, SIGSTOP and the reserved real-time ones
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, [])

@@ -57,6 +57,13 @@ def test_exec_args_output_and_exit_code(runtime: Runtime, container: tuple[str, 
         assert runtime("exec", cid, "sh", "-c", f"exit {code}", check=False).returncode == code
 
 
+def test_exec_starts_with_default_signals(runtime: Runtime, container: tuple[str, int]) -> None:
+    cid, _ = container
+    status = runtime("exec", cid, "cat", "/proc/self/status").stdout
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    assert int(fields["SigIgn"], 16) == 0 and int(fields["SigBlk"], 16) == 0
+
+
 def test_exec_killed_by_signal(runtime: Runtime, container: tuple[str, int]) -> None:
     cid, _ = container
     p = runtime("exec", cid, "sh", "-c", "kill -KILL $$", check=False)

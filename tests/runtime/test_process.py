@@ -236,3 +236,12 @@ def test_personality_linux32(runtime: Runtime, bundle: Bundle) -> None:
         pytest.skip("LINUX32 is checked on x86_64 (uname -m says i686)")
     bundle.config["linux"]["personality"] = {"domain": "LINUX32"}
     assert run_sh(runtime, bundle, "uname -m").strip() == "i686"
+
+
+def test_the_process_starts_with_default_signals(runtime: Runtime, bundle: Bundle) -> None:
+    # No signal ignored or blocked: a runtime written in a language that
+    # ignores SIGPIPE (Python does) must not hand that on through execve.
+    bundle.set_args("cat", "/proc/self/status")
+    fields = status_fields(runtime.run(bundle).stdout)
+    assert int(fields["SigIgn"], 16) == 0, fields["SigIgn"]
+    assert int(fields["SigBlk"], 16) == 0, fields["SigBlk"]
