@@ -320,7 +320,7 @@ def reset_signals() -> None:
     ``yes | head`` would never end by SIGPIPE. (``_signal``: ``signal``
     imports enum, too costly at every runtime start.)
     """
-    import _signal
+    import _signal  # type: ignore[import-not-found]  # no stub; the C module of signal
 
     for signum in range(1, _signal.NSIG):
         try:
