@@ -61,7 +61,7 @@ from dockyard.errors import (
     SystemFailure,
 )
 from dockyard.shim.template import SHIM_NAME as TEMPLATE_SHIM
-from dockyard.shim.template import Template
+from dockyard.shim.template import Template, TemplateError
 from dockyard.supervisor.grpcutil import validate_identifier
 from dockyard.ttrpc import Client, ConnectionClosed, Error, codes
 
@@ -682,11 +682,12 @@ class ShimManager:
         try:
             shim.log_fd = self._logs.open(os.path.join(bundle.path, "log"), f"{ns}/{cid}")
             payload = opts.options.SerializeToString() if opts.options is not None else b""
-            args = ["-id", cid]
-            if logging.getLogger("dockyard.supervisor").isEnabledFor(logging.DEBUG):
-                args.append("-debug")
-            out = self._run_binary(bundle, binary, [*args, "start"], payload, START_TIMEOUT)
-            address = _shim_address(out.decode(errors="replace"))
+            debug = logging.getLogger("dockyard.supervisor").isEnabledFor(logging.DEBUG)
+            address = self._start_from_template(bundle, binary, payload, debug)
+            if not address:
+                args = ["-id", cid, *(["-debug"] if debug else [])]
+                out = self._run_binary(bundle, binary, [*args, "start"], payload, START_TIMEOUT)
+                address = _shim_address(out.decode(errors="replace"))
             shim.client = Client(address, on_close=lambda: self._disconnected(shim))
             shim.connect(timeout=LOAD_TIMEOUT)
             with open(os.path.join(bundle.path, "shim-binary-path"), "w") as f:
@@ -717,6 +718,36 @@ class ShimManager:
         except (OSError, DockyardError) as e:
             log.error("remove bundle of task %s: %s", shim.id, e)
 
+    def _start_from_template(self, bundle: Bundle, binary: str, options: bytes, debug: bool) -> str:
+        """Our own shim's ``start`` bootstrap, done here: the same socket, ``address``
+        file and flags, the shim forked by the template, without starting an
+        interpreter to run the binary's ``start`` (about 15 ms of every task
+        start). Empty when the template cannot: then the binary starts it."""
+        if not self._template_env(binary):
+            return ""
+        assert self.template is not None
+        try:
+            return self.template.start_shim(
+                namespace=bundle.namespace,
+                id=bundle.id,
+                address=self.address,
+                bundle=bundle.path,
+                env=self._shim_env(binary),
+                options=options,
+                debug=debug,
+            )
+        except TemplateError as e:
+            log.warning("shim template for task %s: %s; running the shim's start", bundle.id, e)
+            return ""
+
+    def _shim_env(self, binary: str) -> dict[str, str]:
+        """The environment of a shim and of its start and delete commands."""
+        env = dict(os.environ)
+        env["TTRPC_ADDRESS"] = self.ttrpc_address
+        env.update(self._template_env(binary))
+        env.setdefault("GOMAXPROCS", "2")
+        return env
+
     def _run_binary(
         self, bundle: Bundle, binary: str, args: list[str], stdin: bytes, timeout: float
     ) -> bytes:
@@ -735,10 +766,7 @@ class ShimManager:
             publish_binary(),
             *args,
         ]
-        env = dict(os.environ)
-        env["TTRPC_ADDRESS"] = self.ttrpc_address
-        env.update(self._template_env(binary))
-        env.setdefault("GOMAXPROCS", "2")
+        env = self._shim_env(binary)
         what = f"shim {os.path.basename(binary)} {args[-1]} for task {bundle.id}"
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
