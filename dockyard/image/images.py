@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from dockyard.errors import AlreadyExists, InvalidArgument, NotFound
+from dockyard.fieldpaths import update_map
 from dockyard.image.sqlite import Connections
 from dockyard.spec.image import Descriptor
 
@@ -144,14 +145,8 @@ class ImageStore:
         for p in paths:
             if p == "target":
                 target = image.target
-            elif p == "labels":
-                labels = dict(image.labels)
-            elif p.startswith("labels."):
-                key = p[len("labels.") :]
-                if key in image.labels:
-                    labels[key] = image.labels[key]
-                else:
-                    labels.pop(key, None)
+            elif update_map(labels, image.labels, p, "labels"):
+                pass
             else:
                 raise InvalidArgument(f"cannot update image field {p!r}")
         self.db.execute(

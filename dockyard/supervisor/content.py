@@ -33,6 +33,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 
 from dockyard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from dockyard.fieldpaths import update_map
 from dockyard.filters import matcher
 from dockyard.image.content import (
     BlobReader,
@@ -91,14 +92,11 @@ def update_labels(
     else:
         out = dict(old)
         for path in fieldpaths:
-            if path == "labels":
-                out = dict(new)
-            elif path.startswith("labels."):
-                out[path[len("labels.") :]] = new.get(path[len("labels.") :], "")
-            else:
+            if not update_map(out, new, path, "labels"):
                 raise InvalidArgument(
                     f"{what}: cannot update field {path!r} (labels, labels.<key>)"
                 )
+    # an empty value removes the label, as in containerd
     out = {k: v for k, v in out.items() if v}
     validate_labels(out)
     return out

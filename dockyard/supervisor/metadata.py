@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dockyard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from dockyard.fieldpaths import update_map
 from dockyard.image.content import validate_labels
 from dockyard.supervisor.grpcutil import validate_identifier
 
@@ -301,22 +302,10 @@ class Metadata:
                     raise InvalidArgument(f"container {new.id!r}: runtime name is immutable")
                 paths = ["labels", "spec", "extensions", "image", "snapshotkey"]
             for path in paths:
-                if path.startswith("labels."):
-                    key = path[len("labels.") :]
-                    if key in new.labels:
-                        out.labels[key] = new.labels[key]
-                    else:
-                        out.labels.pop(key, None)
-                elif path.startswith("extensions."):
-                    key = path[len("extensions.") :]
-                    if key in new.extensions:
-                        out.extensions[key] = new.extensions[key]
-                    else:
-                        out.extensions.pop(key, None)
-                elif path == "labels":
-                    out.labels = dict(new.labels)
-                elif path == "extensions":
-                    out.extensions = dict(new.extensions)
+                if update_map(out.labels, new.labels, path, "labels") or update_map(
+                    out.extensions, new.extensions, path, "extensions"
+                ):
+                    pass
                 elif path == "spec":
                     out.spec = new.spec
                 elif path == "image":

@@ -50,6 +50,7 @@ from dockyard.errors import (
     SystemFailure,
     Unsupported,
 )
+from dockyard.fieldpaths import update_map
 from dockyard.filters import Getter, map_field, matcher
 from dockyard.image.snapshots.metadata import MetaStore, Record
 from dockyard.spec.mount import Mount
@@ -234,15 +235,7 @@ class Snapshotter:
             else:
                 labels = dict(rec.labels)
                 for p in paths:
-                    if p == "labels":
-                        labels = dict(info.labels)
-                    elif p.startswith("labels."):
-                        k = p[len("labels.") :]
-                        if k in info.labels:
-                            labels[k] = info.labels[k]
-                        else:
-                            labels.pop(k, None)
-                    else:
+                    if not update_map(labels, info.labels, p, "labels"):
                         raise InvalidArgument(
                             f'update snapshot "{info.name}": cannot update field {p!r}'
                         )

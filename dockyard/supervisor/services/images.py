@@ -21,6 +21,7 @@ from dockyard.api.services.images.v1 import images_pb2 as pb
 from dockyard.api.services.images.v1 import images_pb2_grpc
 from dockyard.api.types import descriptor_pb2
 from dockyard.errors import InvalidArgument
+from dockyard.fieldpaths import update_map
 from dockyard.filters import Getter, map_field, matcher
 from dockyard.image.images import Image
 from dockyard.spec.image import Descriptor, parse_digest
@@ -138,11 +139,8 @@ class ImagesService(images_pb2_grpc.ImagesServicer):
                 if path == "target":
                     target = descriptor(m.target, what)
                     annotations = dict(target.annotations)
-                elif path == "annotations":
-                    annotations = dict(m.target.annotations)
-                elif path.startswith("annotations."):
-                    key = path[len("annotations.") :]
-                    annotations[key] = m.target.annotations.get(key, "")
+                elif update_map(annotations, m.target.annotations, path, "annotations"):
+                    pass
                 elif path == "labels" or path.startswith("labels."):
                     label_paths.append(path)
                 else:

@@ -12,6 +12,7 @@ from dockyard.api.events import namespace_pb2 as events
 from dockyard.api.services.namespaces.v1 import namespace_pb2 as pb
 from dockyard.api.services.namespaces.v1 import namespace_pb2_grpc
 from dockyard.errors import InvalidArgument
+from dockyard.fieldpaths import update_map
 from dockyard.supervisor.grpcutil import rpc, validate_identifier
 
 if TYPE_CHECKING:
@@ -66,15 +67,7 @@ class NamespacesService(namespace_pb2_grpc.NamespacesServicer):
         if not paths:
             labels = dict(ns.labels)
         for path in paths:
-            if path == "labels":
-                labels = dict(ns.labels)
-            elif path.startswith("labels."):
-                key = path[len("labels.") :]
-                if key in ns.labels:
-                    labels[key] = ns.labels[key]
-                else:
-                    labels.pop(key, None)
-            else:
+            if not update_map(labels, ns.labels, path, "labels"):
                 raise InvalidArgument(
                     f"namespace {ns.name!r}: cannot update field {path!r} (labels, labels.<key>)"
                 )
