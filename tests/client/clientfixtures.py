@@ -35,7 +35,7 @@ from dockyard.errors import DockyardError, NotFound
 from tests.compat import host
 from tests.compat.daemons import private_containerd
 from tests.images import ImageArchive, build_image_archive
-from tests.supervisor.conftest import Supervisor
+from tests.supervisor.conftest import Supervisor, daemon_env
 
 RUNC_SHIM = "io.containerd.runc.v2"
 DOCKYARD_SHIM = "io.containerd.dockyard.v2"
@@ -74,7 +74,8 @@ class Shim:
 
 
 def _containerd(tmp: pytest.TempPathFactory) -> Iterator[Daemon]:
-    with private_containerd(tmp.mktemp("cl-ctrd")) as ctrd:
+    # our shim on PATH: the same tests run it under the reference daemon too
+    with private_containerd(tmp.mktemp("cl-ctrd"), env=daemon_env()) as ctrd:
         daemon = Daemon("containerd", ctrd.address, ctrd.base, ctrd.image, ctrd.log)
         try:
             yield daemon
@@ -127,8 +128,6 @@ def shim(daemon: Daemon, request: pytest.FixtureRequest) -> Shim:
         if runc is None:
             pytest.skip("runc is not installed")
         return Shim(RUNC_SHIM, oci_pb2.Options(binary_name=runc, root=root))
-    if daemon.kind != "supervisor":
-        pytest.skip("dockyard's shim is run by the supervisor here")
     if not os.path.exists(os.path.join(os.path.dirname(sys.executable), DOCKYARD_SHIM_BINARY)):
         pytest.skip(f"{DOCKYARD_SHIM_BINARY} is not installed")
     # no binary name: the shim runs its own default, dockyard-runtime

@@ -88,8 +88,17 @@ def test_output_to_a_log_file(ns: Client, image: Image, shim: Shim, daemon: Daem
             assert exited.result(WAIT).code == 0
         finally:
             task.delete(force=True, timeout=WAIT)
-    assert sorted(log.read_text().splitlines()) == ["err", "out"]
-    log.unlink()
+
+    # containerd's runc shim copies into the file on its own time: the exit
+    # does not wait for the copy (ours does), so give the output a moment
+    def both_lines() -> bool:
+        return sorted(log.read_text().splitlines()) == ["err", "out"]
+
+    try:
+        host.wait_for(both_lines, 10, "both lines in the log file")
+    finally:
+        assert sorted(log.read_text().splitlines()) == ["err", "out"]
+        log.unlink()
 
 
 # A client that makes and starts a task with FIFO stdio, then exits without
