@@ -73,6 +73,8 @@ shim_log = logging.getLogger("dockyard.shim")
 
 # The runtime v2 plugin's directory under both the root and the state dir.
 TASK_DIR = "io.containerd.runtime.v2.task"
+# How long the shim template may take to import everything and serve.
+TEMPLATE_START_TIMEOUT = 30.0
 TASK_SERVICE = "containerd.task.v2.Task"
 # containerd's ttrpc namespace header (namespaces/ttrpc.go).
 TTRPC_NAMESPACE_KEY = "containerd-namespace-ttrpc"
@@ -569,41 +571,72 @@ class ShimManager:
         self._starting: set[tuple[str, str]] = set()
         self._closing = False
         self._logs = LogDrain()
-        self.template = self._start_template() if config.shim_template else None
+        # The shim template starts with the first task of dockyard's shim: a
+        # supervisor that runs none keeps no template (and its memory).
+        self.template: Template | None = None
+        self._template_wanted = config.shim_template
+        self._template_lock = threading.Lock()
+        self._template_stop = threading.Event()
+        self._template_thread: threading.Thread | None = None
+        if config.shim_template:
+            _stop_stale_template(*self._template_paths())
 
     # -- the shim template ---------------------------------------------------------
 
-    def _start_template(self) -> Template | None:
-        """Start the process dockyard's shims are forked from (``dockyard.shim.template``).
-
-        Shims forked from it start without an interpreter start and share its
-        pages. Without it every shim starts as a command: nothing fails.
-        """
+    def _template_paths(self) -> tuple[str, str]:
         directory = os.path.join(self.sup.config.state, "shim-template")
+        return os.path.join(directory, "pid"), directory
+
+    def _ensure_template(self) -> Template | None:
+        """The process dockyard's shims are forked from (``dockyard.shim.template``),
+        started on first use. Shims forked from it start without an interpreter
+        start and share its pages. Without it every shim starts as a command:
+        nothing fails."""
+        with self._template_lock:
+            if self._template_thread is None and self._template_wanted and not self._closing:
+                ready = threading.Event()
+                # A thread of its own starts it and lives as long as it does:
+                # the template's parent-death signal follows the thread that
+                # started it, so it ends with the supervisor, even a killed one.
+                self._template_thread = threading.Thread(
+                    target=self._run_template, args=(ready,), name="shim-template", daemon=True
+                )
+                self._template_thread.start()
+                ready.wait(TEMPLATE_START_TIMEOUT + 5)
+            template = self.template
+        return template if template is not None and template.alive() else None
+
+    def _run_template(self, ready: threading.Event) -> None:
+        pid_file, directory = self._template_paths()
         os.makedirs(directory, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
-        pid_file = os.path.join(directory, "pid")
-        _stop_stale_template(pid_file, directory)
-        # started from the main thread (tasks.register): it ends with the
-        # supervisor, even a killed one
         template = Template(os.path.join(directory, "template.sock"), die_with_parent=True)
         try:
-            template.start()
+            template.start(timeout=TEMPLATE_START_TIMEOUT)
         except DockyardError as e:
             log.warning("shim template: %s; dockyard's shims start as commands", e)
-            return None
+            self._template_wanted = False
+            ready.set()
+            return
         with open(pid_file, "w") as f:
             f.write(str(template.pid))
         log.info("shim template %d serving on %s", template.pid, template.socket_path)
-        return template
+        self.template = template
+        ready.set()
+        self._template_stop.wait()
+        self.template = None
+        # the shims it forked keep running
+        template.stop()
+        try:
+            os.unlink(pid_file)
+        except FileNotFoundError:
+            pass
 
     def _template_env(self, binary: str) -> dict[str, str]:
-        template = self.template
-        if template is None or os.path.basename(binary) != TEMPLATE_SHIM:
+        if os.path.basename(binary) != TEMPLATE_SHIM:
             return {}
-        if not template.alive():
-            return {}
-        return template.env()
+        template = self._ensure_template()
+        return template.env() if template is not None else {}
 
     # -- the task list --------------------------------------------------------
 
@@ -1053,13 +1086,11 @@ class ShimManager:
         for shim in shims:
             shim.close()
         self._logs.close()
-        if self.template is not None:
-            # the shims it forked keep running
-            self.template.stop()
-            try:
-                os.unlink(os.path.join(os.path.dirname(self.template.socket_path), "pid"))
-            except FileNotFoundError:
-                pass
+        with self._template_lock:
+            thread = self._template_thread
+        self._template_stop.set()
+        if thread is not None:
+            thread.join(30)
 
 
 def _stop_stale_template(pid_file: str, directory: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -196,11 +197,29 @@ def test_a_shim_without_its_task_is_shut_down_on_load(shim: Runner) -> None:
 def test_the_shim_template_ends_with_the_supervisor(
     supervisor: Supervisor, sig: signal.Signals
 ) -> None:
-    """The template dockyard's shims are forked from is the supervisor's: it must
-    not outlive it, even a killed one (a restarted supervisor starts its own)."""
+    """The template dockyard's shims are forked from is the supervisor's: it starts
+    with the first task of our shim, and must not outlive the supervisor, even a
+    killed one (a restarted supervisor starts its own when it needs one)."""
     marker = f"{supervisor.state}/shim-template/"
+    supervisor.restart()
+    assert not host.pids_mentioning(marker), "a template before any task of our shim"
+    supervisor.ctr("images", "import", str(supervisor.image.path))
+    cid = "tpl" + uuid.uuid4().hex[:8]
+    out = supervisor.ctr(
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.dockyard.v2",
+        "--fifo-dir",
+        str(supervisor.base / "fifo"),
+        supervisor.image.ref,
+        cid,
+        "echo",
+        "forked",
+    ).stdout
+    assert out == "forked\n"
     before = host.pids_mentioning(marker)
-    assert before, "the supervisor started no shim template"
+    assert before, "the shim of the first task started no template"
     supervisor.kill(sig)
     try:
         host.wait_for(
@@ -208,4 +227,3 @@ def test_the_shim_template_ends_with_the_supervisor(
         )
     finally:
         supervisor.start()
-    assert host.pids_mentioning(marker), "the restarted supervisor has no template"
