@@ -20,7 +20,6 @@ API summary::
     export_oci(content, images, namespace, names, dest)            # dir, or tar if .tar
     export_docker_archive(content, images, namespace, names, dest)  # tar (or a dir)
     import_archive(content, images, namespace, src, name=None) -> list[Image]
-    import_oci(...), import_docker_archive(...)                     # same, one format
 
 Imports are all or nothing: every blob is written into an ingest of the
 content store and checked against its digest (the file name in ``blobs/``,
@@ -45,7 +44,7 @@ import tarfile
 import tempfile
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -688,47 +687,6 @@ def _name_for(desc: Descriptor, name: str | None, count: int, where: str, what: 
     )
 
 
-def _import(
-    content: ContentStore,
-    what: str,
-    src: str,
-    docker: bool,
-    body: Callable[[_Source], tuple[list[Image], set[str]]],
-    images: ImageStore,
-    namespace: str,
-) -> list[Image]:
-    if not os.path.exists(src):
-        raise NotFound(f"{what}: no such file or directory")
-    staging = _Staging(content, what)
-    try:
-        source = _Source(staging, src, docker)
-        records, needed = body(source)
-        staging.commit(needed)
-    finally:
-        staging.abort()
-    return [images.put(namespace, r) for r in records]
-
-
-def import_oci(
-    content: ContentStore,
-    images: ImageStore,
-    namespace: str,
-    src: str,
-    name: str | None = None,
-) -> list[Image]:
-    """Import an OCI image layout (a directory or a tar); returns the image records.
-
-    Names come from ``index.json``'s annotations, or ``name``: with one entry it
-    names it; with several, each is ``name`` tagged with its ref.name.
-    """
-    what = f"import {src}"
-
-    def body(source: _Source) -> tuple[list[Image], set[str]]:
-        return _oci_body(source, name)
-
-    return _import(content, what, src, False, body, images, namespace)
-
-
 def _oci_body(source: _Source, name: str | None) -> tuple[list[Image], set[str]]:
     what = source.staging.what
     layout = source.small_file("oci-layout")
@@ -755,23 +713,6 @@ def _oci_body(source: _Source, name: str | None) -> tuple[list[Image], set[str]]
         target = Descriptor(desc.media_type, desc.digest, desc.size, platform=desc.platform)
         records.append(Image(_name_for(desc, name, len(index.manifests), where, what), target))
     return records, needed
-
-
-def import_docker_archive(
-    content: ContentStore,
-    images: ImageStore,
-    namespace: str,
-    src: str,
-    name: str | None = None,
-) -> list[Image]:
-    """Import a docker-archive (``docker save``); each image gets a Docker schema 2
-    manifest written here, and is named by its RepoTags (or ``name``)."""
-    what = f"import {src}"
-
-    def body(source: _Source) -> tuple[list[Image], set[str]]:
-        return _docker_body(source, name)
-
-    return _import(content, what, src, True, body, images, namespace)
 
 
 def _docker_body(source: _Source, name: str | None) -> tuple[list[Image], set[str]]:
@@ -888,9 +829,23 @@ def import_archive(
     src: str,
     name: str | None = None,
 ) -> list[Image]:
-    """Import an OCI layout or a docker-archive, whichever ``src`` is."""
+    """Import an OCI layout or a docker-archive, whichever ``src`` is; returns the
+    image records.
+
+    An OCI layout's names come from ``index.json``'s annotations, or ``name``:
+    with one entry it names it; with several, each is ``name`` tagged with its
+    ref.name. A docker-archive's images each get a Docker schema 2 manifest
+    written here, and are named by their RepoTags (or ``name``).
+    """
+    what = f"import {src}"
     if not os.path.exists(src):
-        raise NotFound(f"import {src}: no such file or directory")
-    if detect_format(src) == "oci":
-        return import_oci(content, images, namespace, src, name)
-    return import_docker_archive(content, images, namespace, src, name)
+        raise NotFound(f"{what}: no such file or directory")
+    docker = detect_format(src) == "docker-archive"
+    body = _docker_body if docker else _oci_body
+    staging = _Staging(content, what)
+    try:
+        records, needed = body(_Source(staging, src, docker), name)
+        staging.commit(needed)
+    finally:
+        staging.abort()
+    return [images.put(namespace, r) for r in records]
