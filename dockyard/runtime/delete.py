@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 from dockyard.errors import FailedPrecondition, NotFound
 from dockyard.runtime import state as st
@@ -11,6 +10,8 @@ from dockyard.runtime import state as st
 
 def destroy(s: st.ContainerState) -> None:
     """Kill what is left, remove the cgroup, run poststop hooks, drop the state."""
+    from dockyard.runtime.cgroups import remove_empty_dirs, wait_until
+
     cfg = s.config
     cg = s.cgroup()
     if cg.exists():
@@ -19,9 +20,8 @@ def destroy(s: st.ContainerState) -> None:
             cg.kill_all(st.SIGKILL)
             if cg.frozen():
                 cg.thaw()
-        _wait(lambda: not cg.pids(), 10.0)
+            wait_until(lambda: not cg.pids(), 10.0)
         cg.destroy()
-    from dockyard.runtime.cgroups import remove_empty_dirs
 
     parents = list(s.data.get("cgroup_parents") or [])
     if not (cfg.get("linux") or {}).get("cgroupsPath"):
@@ -39,15 +39,6 @@ def destroy(s: st.ContainerState) -> None:
         from dockyard.runtime.hooks import run_hooks
 
         run_hooks(cfg, "poststop", oci)
-
-
-def _wait(cond: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return True
-        time.sleep(0.005)
-    return False
 
 
 def delete(root: str, cid: str, force: bool = False) -> None:
@@ -74,5 +65,7 @@ def delete(root: str, cid: str, force: bool = False) -> None:
             pass
         if status == st.PAUSED:
             s.cgroup().thaw()
-        _wait(lambda: not s.alive(), 10.0)
+        from dockyard.runtime.cgroups import wait_until
+
+        wait_until(lambda: not s.alive(), 10.0)
     destroy(s)
