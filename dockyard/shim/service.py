@@ -436,9 +436,10 @@ class TaskService:
         c = self._container(req.id)
         if not c.cgroup_paths:
             raise NotFound(f"stats of {req.id}: cgroup does not exist")
+        from dockyard.runtime.cgroups import load_manager
         from dockyard.shim import stats
 
-        metrics = stats.metrics(stats.manager(c.cgroup_paths))
+        metrics = stats.metrics(load_manager(c.cgroup_paths))
         return m.StatsResponse(stats=m.pack(metrics))
 
     def connect(self, req: m.ConnectRequest, ctx: Context) -> m.ConnectResponse:

@@ -21,8 +21,6 @@ if TYPE_CHECKING:
 
     from dockyard.runtime.cgroups import CgroupManager
 
-CGROUP_ROOT = "/sys/fs/cgroup"
-
 # memory.stat keys of cgroup v1 -> MemoryStat fields where the names differ.
 _V1_MEMORY_RENAMES = {
     "pgpgin": "pg_pg_in",
@@ -47,7 +45,7 @@ _V1_BLKIO = {
 }
 
 
-def cgroup_paths(pid: int, root: str = CGROUP_ROOT) -> dict[str, str]:
+def cgroup_paths(pid: int) -> dict[str, str]:
     """controller -> cgroup directory of process ``pid`` ("" is the cgroup2 one)."""
     from dockyard.runtime import cgroups
 
@@ -56,9 +54,9 @@ def cgroup_paths(pid: int, root: str = CGROUP_ROOT) -> dict[str, str]:
             own = cgroups.parse_proc_cgroup(f.read())
     except OSError as e:
         raise NotFound(f"cgroup of process {pid}: {e.strerror}") from None
-    v2 = cgroups.detect_mode(root) == "v2"
+    v2 = cgroups.detect_mode() == "v2"
     out: dict[str, str] = {}
-    for h in cgroups.hierarchies(root):
+    for h in cgroups.hierarchies():
         if v2 != (h.controllers == ("",)):
             continue  # a hybrid host's v2 tree holds no controllers we report
         for c in h.controllers:
@@ -71,12 +69,6 @@ def cgroup_paths(pid: int, root: str = CGROUP_ROOT) -> dict[str, str]:
                 path = path[len(h.root) :]
             out[c] = posixpath.normpath(h.mountpoint.rstrip("/") + "/" + path.lstrip("/"))
     return out
-
-
-def manager(paths: dict[str, str], root: str = CGROUP_ROOT) -> CgroupManager:
-    from dockyard.runtime.cgroups import load_manager
-
-    return load_manager(paths, root)
 
 
 def metrics(cg: CgroupManager) -> m.V1Metrics | m.V2Metrics:
