@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
     from dockyard.shim.main import Flags
 
-PR_SET_CHILD_SUBREAPER = 36
 SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGUSR2}
 # How long the ending shim waits for its last answers and events to go out.
 DRAIN_TIMEOUT = 5.0
@@ -50,7 +49,7 @@ def _log_to_fifo() -> None:
 def _set_subreaper() -> None:
     from dockyard.runtime import libc
 
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
+    libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
 
 
 def _timed(name: str, fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:

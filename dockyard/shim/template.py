@@ -684,8 +684,10 @@ def serve(
     if die_with_parent:
         # A supervisor that is killed cannot stop its template: end with it
         # (the shims it forked are sessions of their own and keep running).
+        from dockyard.runtime import libc
+
         parent = os.getppid()
-        _libc_prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:
             return 0
     from dockyard.shim import preload
@@ -713,18 +715,6 @@ def serve(
         except OSError:
             pass
     return 0
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _libc_prctl(option: int, value: int) -> None:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, value, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def default_shim_binary() -> str:

@@ -498,7 +498,7 @@ REAPER_SCRIPT = textwrap.dedent(
     from dockyard.runtime import libc
     from dockyard.shim.reaper import Reaper, spawn
 
-    libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+    libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     others = []
     reaper = Reaper(on_exit=others.append)
