@@ -172,11 +172,12 @@ class NamespacedContent:
         with self.lock:
             old = self.info(ns, digest)
             new = update_labels(old.labels, labels, paths, f"content {digest}")
+            now = time.time_ns()
             self.db.execute(
                 "UPDATE content SET labels = ?, updated = ? WHERE namespace = ? AND digest = ?",
-                (json.dumps(new, sort_keys=True), time.time_ns(), ns, digest),
+                (json.dumps(new, sort_keys=True), now, ns, digest),
             )
-        return self.info(ns, digest)
+        return Info(digest, old.size, old.created_at, _time(now), new)
 
     def remove(self, ns: str, digest: str) -> None:
         """Take ``digest`` out of ``ns`` (the blob goes with the next gc if no one else has it)."""
