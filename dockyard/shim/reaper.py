@@ -277,11 +277,7 @@ class Reaper(Launcher):
         stdout: int | None = None,
         stderr: int | None = None,
     ) -> Command:
-        with self._lock:
-            pid = spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr)
-            cmd = Command(pid)
-            self._commands[pid] = cmd
-        return cmd
+        return self._register(lambda: spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr))
 
     def call(
         self,
@@ -291,10 +287,13 @@ class Reaper(Launcher):
         stdout: int | None = None,
         stderr: int | None = None,
     ) -> Command:
+        return self._register(lambda: fork_call(fn, stdin=stdin, stdout=stdout, stderr=stderr))
+
+    def _register(self, start: Callable[[], int]) -> Command:
+        """Start a child with ``start`` and register it before the loop can reap it."""
         with self._lock:
-            pid = fork_call(fn, stdin=stdin, stdout=stdout, stderr=stderr)
-            cmd = Command(pid)
-            self._commands[pid] = cmd
+            cmd = Command(start())
+            self._commands[cmd.pid] = cmd
         return cmd
 
     def reap(self) -> list[Exit]:
