@@ -46,6 +46,7 @@ from dockyard.spec.mount import mount_all, unmount_all
 
 if TYPE_CHECKING:
     from dockyard.client.client import Client
+    from dockyard.client.snapshots import SnapshotsService
 
 UNCOMPRESSED_LABEL = "containerd.io/uncompressed"
 SNAPSHOT_GC_LABEL = "containerd.io/gc.ref.snapshot."
@@ -120,34 +121,35 @@ def unpack(client: Client, image: Image, snapshotter: str, platform: Platform | 
     """Unpack ``image`` into ``snapshotter``; the chain ID of its top layer."""
     with client.lease():
         resolved = resolve(client, image, platform)
+        diff_ids = resolved.diff_ids
+        ids = chain_ids(diff_ids)
+        if not ids:
+            raise InvalidArgument(f"image {image.name}: no layers to unpack")
         sn = client.snapshots(snapshotter)
-        chain: list[str] = []
-        for layer, diff_id in zip(resolved.manifest.layers, resolved.diff_ids, strict=True):
-            parent = chain_ids(chain)[-1] if chain else ""
-            chain.append(diff_id)
-            chain_id = chain_ids(chain)[-1]
+        parent = ""
+        for layer, diff_id, chain_id in zip(resolved.manifest.layers, diff_ids, ids, strict=True):
             try:
                 sn.stat(chain_id)
-                continue
             except NotFound:
-                pass
-            if _apply_layer(client, sn.name, layer, diff_id, parent, chain_id):
-                # said once the diff ID is verified by the apply, as containerd does
-                client.content.set_labels(layer.digest, {UNCOMPRESSED_LABEL: diff_id})
-        top = chain_ids(chain)[-1] if chain else ""
-        if not top:
-            raise InvalidArgument(f"image {image.name}: no layers to unpack")
+                if _apply_layer(client, sn, layer, diff_id, parent, chain_id):
+                    # said once the diff ID is verified by the apply, as containerd does
+                    client.content.set_labels(layer.digest, {UNCOMPRESSED_LABEL: diff_id})
+            parent = chain_id
         client.content.set_labels(
-            resolved.manifest.config.digest, {SNAPSHOT_GC_LABEL + snapshotter: top}
+            resolved.manifest.config.digest, {SNAPSHOT_GC_LABEL + snapshotter: ids[-1]}
         )
-        return top
+        return ids[-1]
 
 
 def _apply_layer(
-    client: Client, snapshotter: str, layer: Descriptor, diff_id: str, parent: str, chain_id: str
+    client: Client,
+    sn: SnapshotsService,
+    layer: Descriptor,
+    diff_id: str,
+    parent: str,
+    chain_id: str,
 ) -> bool:
     """Apply one layer as snapshot ``chain_id``; False if another got there first."""
-    sn = client.snapshots(snapshotter)
     while True:
         key = f"extract-{_unique()} {chain_id}"  # containerd's UnpackKeyFormat
         try:
@@ -164,17 +166,17 @@ def _apply_layer(
             )
         sn.commit(chain_id, key)
     except AlreadyExists:
-        _remove_quietly(client, snapshotter, key)
+        _remove_quietly(sn, key)
         return False
     except BaseException:
-        _remove_quietly(client, snapshotter, key)
+        _remove_quietly(sn, key)
         raise
     return True
 
 
-def _remove_quietly(client: Client, snapshotter: str, key: str) -> None:
+def _remove_quietly(sn: SnapshotsService, key: str) -> None:
     try:
-        client.snapshots(snapshotter).remove(key)
+        sn.remove(key)
     except NotFound:
         pass
 
@@ -210,7 +212,7 @@ def mounted_view(
             finally:
                 os.rmdir(target)
         finally:
-            _remove_quietly(client, snapshotter, key)
+            _remove_quietly(sn, key)
 
 
 def gc_label_key(media_type: str) -> str:
