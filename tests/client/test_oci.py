@@ -458,6 +458,50 @@ def test_privileged(rootfs: Path) -> None:
     assert spec["process"]["capabilities"]["bounding"] == oci.host_capabilities()
 
 
+def test_masked_readonly_paths_and_device_rules(rootfs: Path) -> None:
+    """Docker's lists (moby daemon/pkg/oci/defaults.go), written out here
+    rather than taken from the module's own constants."""
+    linux = _spec(rootfs)["linux"]
+    assert linux["readonlyPaths"] == [
+        "/proc/bus",
+        "/proc/fs",
+        "/proc/irq",
+        "/proc/sys",
+        "/proc/sysrq-trigger",
+    ]
+    docker_masked = [
+        "/proc/acpi",
+        "/proc/asound",
+        "/proc/interrupts",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/sched_debug",
+        "/proc/scsi",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/sys/devices/virtual/powercap",
+        "/sys/firmware",
+    ]
+    masked = linux["maskedPaths"]
+    assert masked[: len(docker_masked)] == docker_masked
+    # the rest: this host's per-CPU thermal_throttle directories only
+    for extra in masked[len(docker_masked) :]:
+        assert extra.startswith("/sys/devices/system/cpu/cpu")
+        assert extra.endswith("/thermal_throttle") and os.path.exists(extra)
+    rule = {"allow": True, "type": "c", "access": "rwm"}
+    assert linux["resources"]["devices"] == [
+        {"allow": False, "access": "rwm"},
+        {**rule, "major": 1, "minor": 5},
+        {**rule, "major": 1, "minor": 3},
+        {**rule, "major": 1, "minor": 9},
+        {**rule, "major": 1, "minor": 8},
+        {**rule, "major": 5, "minor": 0},
+        {**rule, "major": 5, "minor": 1},
+        {**rule, "allow": False, "major": 10, "minor": 229},
+    ]
+
+
 def test_device_cgroup_rules(rootfs: Path) -> None:
     rules = _spec(rootfs, device_cgroup_rules=["c 1:3 mr", "b *:* m"])["linux"]["resources"]
     assert rules["devices"][0] == {"allow": False, "access": "rwm"}
