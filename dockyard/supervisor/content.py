@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 
 from dockyard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from dockyard.fieldpaths import update_map
+from dockyard.fieldpaths import update_labels
 from dockyard.filters import matcher
 from dockyard.image.content import (
     BlobReader,
@@ -80,26 +80,6 @@ def check_digest(digest: str, what: str = "digest") -> str:
 def backend_ref(namespace: str, ref: str) -> str:
     """The backend ingest of ``ref`` in ``namespace``."""
     return f"{namespace}/{ref}"
-
-
-def update_labels(
-    old: Mapping[str, str], new: Mapping[str, str], fieldpaths: list[str], what: str
-) -> dict[str, str]:
-    """containerd's label update: no paths or ``labels`` replace all of them,
-    ``labels.<key>`` sets one (absent or empty: removed); anything else is refused."""
-    if not fieldpaths:
-        out = dict(new)
-    else:
-        out = dict(old)
-        for path in fieldpaths:
-            if not update_map(out, new, path, "labels"):
-                raise InvalidArgument(
-                    f"{what}: cannot update field {path!r} (labels, labels.<key>)"
-                )
-    # an empty value removes the label, as in containerd
-    out = {k: v for k, v in out.items() if v}
-    validate_labels(out)
-    return out
 
 
 class NamespacedContent:

@@ -21,11 +21,10 @@ from dockyard.api.services.images.v1 import images_pb2 as pb
 from dockyard.api.services.images.v1 import images_pb2_grpc
 from dockyard.api.types import descriptor_pb2
 from dockyard.errors import InvalidArgument
-from dockyard.fieldpaths import update_map
+from dockyard.fieldpaths import update_labels, update_map
 from dockyard.filters import Getter, map_field, matcher
 from dockyard.image.images import Image
 from dockyard.spec.image import Descriptor, parse_digest
-from dockyard.supervisor.content import update_labels
 from dockyard.supervisor.grpcutil import namespace, rpc, to_timestamp
 
 if TYPE_CHECKING:
