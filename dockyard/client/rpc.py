@@ -37,14 +37,13 @@ LEASE_KEY = "containerd-lease"
 # defaults.DefaultMaxRecvMsgSize / DefaultMaxSendMsgSize).
 MAX_MESSAGE_SIZE = 16 << 20
 
+# The reverse of the errors' own ``grpc_code``, for the codes containerd's
+# errdefs.FromGRPC knows; it reads OUT_OF_RANGE as an invalid argument too.
 _ERRORS: dict[grpc.StatusCode, type[DockyardError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.UNIMPLEMENTED: Unsupported,
+    grpc.StatusCode[cls.grpc_code]: cls
+    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Unsupported)
 }
+_ERRORS[grpc.StatusCode.OUT_OF_RANGE] = InvalidArgument
 
 # Codes that say the call did not reach a server's answer: the message is
 # grpc's own, so it is prefixed with what was asked and of whom.

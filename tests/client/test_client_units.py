@@ -46,6 +46,7 @@ class _Failed(grpc.RpcError):
         (grpc.StatusCode.NOT_FOUND, NotFound),
         (grpc.StatusCode.ALREADY_EXISTS, AlreadyExists),
         (grpc.StatusCode.INVALID_ARGUMENT, InvalidArgument),
+        (grpc.StatusCode.OUT_OF_RANGE, InvalidArgument),
         (grpc.StatusCode.FAILED_PRECONDITION, FailedPrecondition),
         (grpc.StatusCode.UNIMPLEMENTED, Unsupported),
         (grpc.StatusCode.INTERNAL, SystemFailure),
