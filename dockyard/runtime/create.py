@@ -154,12 +154,18 @@ def _namespaces(cfg: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
     return join, new
 
 
-def create(root: str, cid: str, opts: CreateOptions) -> st.ContainerState:
-    """Create container ``cid``; returns its saved state with init waiting on the fifo."""
+def create(
+    root: str, cid: str, opts: CreateOptions, cfg: dict[str, Any] | None = None
+) -> st.ContainerState:
+    """Create container ``cid``; returns its saved state with init waiting on the fifo.
+
+    ``cfg``: the bundle's config when the caller has already loaded it.
+    """
     st.validate_id(cid)
     bundle = os.path.abspath(opts.bundle)
-    # process may be absent until start (runtime.md "start")
-    cfg = load_bundle_config(bundle, require_process=False)
+    if cfg is None:
+        # process may be absent until start (runtime.md "start")
+        cfg = load_bundle_config(bundle, require_process=False)
     check_host_support(cfg)
     rootfs_path = os.path.realpath(rootfs_path_of(bundle, cfg))
     if not os.path.isdir(rootfs_path):

@@ -14,12 +14,17 @@ from dockyard.runtime.create import CreateOptions, create
 from dockyard.runtime.delete import destroy
 from dockyard.runtime.start import start
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 def run(root: str, cid: str, opts: CreateOptions, detach: bool) -> int:
     if not detach:
         libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
     term = None
-    if not detach and not opts.console_socket and _wants_terminal(opts.bundle):
+    cfg = None if detach or opts.console_socket else _try_load_config(opts.bundle)
+    if cfg is not None and (cfg.get("process") or {}).get("terminal"):
         # runc does the same: with no console socket, the foreground runtime
         # holds the pty master itself and copies between it and its stdio
         from dockyard.runtime.console import TerminalProxy
@@ -27,7 +32,7 @@ def run(root: str, cid: str, opts: CreateOptions, detach: bool) -> int:
         term = TerminalProxy()
         opts.console_fd = term.remote_fd
     try:
-        s = create(root, cid, opts)
+        s = create(root, cid, opts, cfg)
     except BaseException:
         if term is not None:
             term.close()
@@ -52,13 +57,14 @@ def run(root: str, cid: str, opts: CreateOptions, detach: bool) -> int:
     return code
 
 
-def _wants_terminal(bundle: str) -> bool:
+def _try_load_config(bundle: str) -> dict[str, Any] | None:
+    """The bundle's config, read once for both the terminal check and create."""
     from dockyard.spec.runtime import load_bundle_config
 
     try:
-        return bool((load_bundle_config(bundle).get("process") or {}).get("terminal"))
+        return load_bundle_config(bundle, require_process=False)
     except Exception:
-        return False  # create reports the config's problem
+        return None  # create reads it again and reports the problem
 
 
 def _cleanup(s: st.ContainerState) -> None:
