@@ -53,6 +53,12 @@ def test_namespaces_create_label_ls_rm(supervisor: Supervisor) -> None:
         x for x in supervisor.ctr("namespaces", "ls").stdout.splitlines() if x.startswith(ns)
     )
     assert "team=b" in line and "tier=x" in line
+    # a label set to nothing is removed, as containerd's SetLabel does
+    supervisor.ctr("namespaces", "label", ns, "tier=")
+    line = next(
+        x for x in supervisor.ctr("namespaces", "ls").stdout.splitlines() if x.startswith(ns)
+    )
+    assert "team=b" in line and "tier" not in line
     again = supervisor.ctr("namespaces", "create", ns, check=False)
     assert again.returncode != 0 and "already exists" in again.stderr
     supervisor.ctr("namespaces", "rm", ns)

@@ -11,8 +11,7 @@ from google.protobuf import empty_pb2
 from dockyard.api.events import namespace_pb2 as events
 from dockyard.api.services.namespaces.v1 import namespace_pb2 as pb
 from dockyard.api.services.namespaces.v1 import namespace_pb2_grpc
-from dockyard.errors import InvalidArgument
-from dockyard.fieldpaths import update_map
+from dockyard.fieldpaths import update_labels
 from dockyard.supervisor.grpcutil import rpc, validate_identifier
 
 if TYPE_CHECKING:
@@ -62,15 +61,12 @@ class NamespacesService(namespace_pb2_grpc.NamespacesServicer):
         self, request: pb.UpdateNamespaceRequest, context: grpc.ServicerContext
     ) -> pb.UpdateNamespaceResponse:
         ns = request.namespace
-        labels = self.meta.get_namespace(ns.name)
-        paths = list(request.update_mask.paths)
-        if not paths:
-            labels = dict(ns.labels)
-        for path in paths:
-            if not update_map(labels, ns.labels, path, "labels"):
-                raise InvalidArgument(
-                    f"namespace {ns.name!r}: cannot update field {path!r} (labels, labels.<key>)"
-                )
+        labels = update_labels(
+            self.meta.get_namespace(ns.name),
+            ns.labels,
+            list(request.update_mask.paths),
+            f"namespace {ns.name!r}",
+        )
         self.meta.set_namespace_labels(ns.name, labels)
         self.sup.events.publish(
             ns.name, "/namespaces/update", events.NamespaceUpdate(name=ns.name, labels=labels)
