@@ -38,6 +38,7 @@ from dockyard.errors import (
     NotFound,
     SystemFailure,
 )
+from dockyard.runtime.kill import parse_signal
 from dockyard.spec.mount import Mount
 
 
@@ -118,19 +119,8 @@ def _state(msg: task_pb2.Process) -> ProcessState:
 
 
 def signal_number(sig: int | str) -> int:
-    """``9``, ``"9"``, ``"KILL"`` or ``"SIGKILL"`` -> 9."""
-    if isinstance(sig, int) or sig.isdigit():
-        number = int(sig)
-    else:
-        name = sig.upper()
-        name = name if name.startswith("SIG") else "SIG" + name
-        try:
-            number = int(signals.Signals[name])
-        except KeyError:
-            raise InvalidArgument(f"unknown signal {sig!r}") from None
-    if not 0 < number < 65:
-        raise InvalidArgument(f"signal {sig!r}: out of range")
-    return number
+    """``9``, ``"9"``, ``"KILL"``, ``"SIGKILL"`` or ``"RTMIN+3"`` -> its number."""
+    return parse_signal(str(sig))
 
 
 class TasksService:

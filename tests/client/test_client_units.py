@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import threading
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def test_status_codes_map_to_dockyard_errors(
 def test_signal_names_and_numbers() -> None:
     assert signal_number(9) == signal_number("9") == signal_number("KILL") == 9
     assert signal_number("sigterm") == 15
+    assert signal_number("RTMIN+1") == signal.SIGRTMIN + 1
     for bad in ("SIGNOPE", "0", "99"):
         with pytest.raises(InvalidArgument):
             signal_number(bad)
