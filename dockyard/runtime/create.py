@@ -122,7 +122,6 @@ _IPC_SYSCTL = (
     "kernel.shmmax",
     "kernel.shmmni",
     "kernel.shm_rmid_forced",
-    "fs.mqueue.",
 )
 
 
