@@ -9,7 +9,6 @@ no call sees another namespace's images. The name is the full reference
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -18,7 +17,7 @@ from datetime import UTC, datetime
 
 from dockyard.errors import AlreadyExists, InvalidArgument, NotFound
 from dockyard.fieldpaths import update_map
-from dockyard.image.sqlite import Connections
+from dockyard.image.sqlite import Store
 from dockyard.spec.image import Descriptor
 
 SCHEMA = """
@@ -47,22 +46,11 @@ def _ts(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1e9, UTC)
 
 
-class ImageStore:
+class ImageStore(Store):
     """Image records in ``<root>/metadata.db`` (WAL; safe across processes)."""
 
     def __init__(self, path: str) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._conns = Connections(path)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(SCHEMA)
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        """This thread's connection (the supervisor's worker threads share the store)."""
-        return self._conns.get()
-
-    def close(self) -> None:
-        self._conns.close()
+        super().__init__(path, SCHEMA)
 
     @staticmethod
     def _check(namespace: str, name: str) -> None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
-import os
 import re
 import secrets
 import sqlite3
@@ -43,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 
 from dockyard.errors import AlreadyExists, InvalidArgument, NotFound
 from dockyard.image.content import validate_labels
-from dockyard.image.sqlite import Connections
+from dockyard.image.sqlite import Store
 from dockyard.spec.image import parse_digest
 
 EXPIRE_LABEL = "containerd.io/gc.expire"
@@ -139,22 +138,11 @@ class Lease:
         return bool(self.labels.get(FLAT_LABEL))
 
 
-class LeaseStore:
+class LeaseStore(Store):
     """Leases in ``<root>/metadata.db`` (WAL; safe across processes)."""
 
     def __init__(self, path: str) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._conns = Connections(path)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(SCHEMA)
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        """This thread's connection (the supervisor's worker threads share the store)."""
-        return self._conns.get()
-
-    def close(self) -> None:
-        self._conns.close()
+        super().__init__(path, SCHEMA)
 
     @staticmethod
     def _check(namespace: str, lease_id: str) -> None:

@@ -10,6 +10,7 @@ autocommit mode with a busy timeout, and SQLite's locking orders the writers
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 
@@ -41,3 +42,21 @@ class Connections:
         for db in conns:
             db.close()
         self._local = threading.local()
+
+
+class Store:
+    """A record store in one SQLite file (WAL; safe across processes and threads)."""
+
+    def __init__(self, path: str, schema: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._conns = Connections(path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(schema)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection (the supervisor's worker threads share the store)."""
+        return self._conns.get()
+
+    def close(self) -> None:
+        self._conns.close()
