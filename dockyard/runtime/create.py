@@ -179,6 +179,7 @@ def create(
 
     linux = cfg.get("linux") or {}
     join, new = _namespaces(cfg)
+    namespaces = set(join) | set(new)
     cg = cgroups.new_manager(linux.get("cgroupsPath") or None, cid)
     d = st.make_dir(root, cid)
     init_pid = 0
@@ -209,7 +210,7 @@ def create(
                 "cgroup_paths": cg.paths,
                 "cgroup_parents": cg_parents,
                 "config": cfg,
-                "namespaces": sorted(set(join) | set(new)),
+                "namespaces": sorted(namespaces),
             },
         )
         # saved before anything is made: a create killed half-way leaves a
@@ -234,7 +235,7 @@ def create(
             cfg=cfg,
             fifo_fd=fifo_fd,
             cgroup_paths=cg.paths,
-            namespaces=set(join) | set(new),
+            namespaces=namespaces,
             finalizer=fin,
             console_fd=console_fd,
             preserve_fds=opts.preserve_fds,
@@ -295,7 +296,7 @@ def create(
             os.close(console_fd)
         if init_pid:
             kill_and_wait(init_pid)
-        if "mount" not in set(join) | set(new):
+        if "mount" not in namespaces:
             rootfs.unmount_below(rootfs_path)
         if created_cg:
             try:
