@@ -23,7 +23,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from dockyard.errors import InvalidArgument
-from dockyard.filters import parse_filter
+from dockyard.filters import matcher as filters_matcher
 
 # Topics are paths: a leading slash and at least one component (containerd's
 # events.validateTopic).
@@ -86,10 +86,8 @@ Matcher = Callable[[Envelope], bool]
 
 
 def matcher(filters: Iterable[str]) -> Matcher:
-    parsed = [parse_filter(f) for f in filters if f]
-    if not parsed:
-        return lambda env: True
-    return lambda env: any(all(c.matches(env.field) for c in conds) for conds in parsed)
+    match = filters_matcher(filters)
+    return lambda env: match(env.field)
 
 
 @dataclass

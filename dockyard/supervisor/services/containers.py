@@ -3,6 +3,7 @@ only: the tasks service runs them)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -13,7 +14,7 @@ from dockyard.api.events import container_pb2 as events
 from dockyard.api.services.containers.v1 import containers_pb2 as pb
 from dockyard.api.services.containers.v1 import containers_pb2_grpc
 from dockyard.errors import FailedPrecondition, InvalidArgument
-from dockyard.image.content import parse_filter
+from dockyard.filters import matcher
 from dockyard.supervisor.grpcutil import namespace, rpc, to_timestamp
 from dockyard.supervisor.metadata import Container, Typed
 
@@ -78,18 +79,8 @@ def _field(c: Container, path: list[str]) -> str | None:
 
 
 def filtered(containers: list[Container], filters: list[str]) -> list[Container]:
-    parsed = [parse_filter(f) for f in filters if f]
-    if not parsed:
-        return containers
-    out = []
-    for c in containers:
-
-        def get(path: list[str], c: Container = c) -> str | None:
-            return _field(c, path)
-
-        if any(all(cond.matches(get) for cond in conds) for conds in parsed):
-            out.append(c)
-    return out
+    match = matcher(filters)
+    return [c for c in containers if match(functools.partial(_field, c))]
 
 
 class ContainersService(containers_pb2_grpc.ContainersServicer):

@@ -3,6 +3,7 @@ server's uuid (kept in the root, so it survives restarts)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from typing import TYPE_CHECKING
@@ -13,7 +14,7 @@ from google.protobuf import empty_pb2
 from dockyard.api.services.introspection.v1 import introspection_pb2 as pb
 from dockyard.api.services.introspection.v1 import introspection_pb2_grpc
 from dockyard.api.types import platform_pb2
-from dockyard.image.content import parse_filter
+from dockyard.filters import matcher
 from dockyard.spec.image import host_platform
 from dockyard.supervisor.daemon import Plugin
 from dockyard.supervisor.grpcutil import rpc
@@ -58,18 +59,14 @@ class IntrospectionService(introspection_pb2_grpc.IntrospectionServicer):
     def Plugins(
         self, request: pb.PluginsRequest, context: grpc.ServicerContext
     ) -> pb.PluginsResponse:
-        parsed = [parse_filter(f) for f in request.filters if f]
+        match = matcher(request.filters)
         plat = host_platform()
         here = platform_pb2.Platform(
             os=plat.os, architecture=plat.architecture, variant=plat.variant or ""
         )
         out = []
         for p in self.sup.plugins:
-
-            def get(path: list[str], p: Plugin = p) -> str | None:
-                return _field(p, path)
-
-            if parsed and not any(all(c.matches(get) for c in conds) for conds in parsed):
+            if not match(functools.partial(_field, p)):
                 continue
             out.append(
                 pb.Plugin(
