@@ -99,12 +99,6 @@ class RegistryServer:
     ca_file: str | None = None
     log: Path = field(default_factory=Path)
 
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 15
