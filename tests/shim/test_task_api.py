@@ -433,6 +433,9 @@ def test_connect_and_shutdown(shim_env: ShimEnv, started: Started, bundle: Bundl
     pid = create(shim, shim_env, bundle).pid
     connected = shim.call("Connect", api.ConnectRequest(id=shim.id), api.ConnectResponse)
     assert (connected.shim_pid, connected.task_pid) == (shim.pid, pid)
+    # The shim is a child subreaper: the init the runtime forked and left is its child.
+    status = Path(f"/proc/{pid}/status").read_text()
+    assert f"\nPPid:\t{shim.pid}\n" in status
     # Busy with a container: Shutdown without `now` is ignored.
     shim.empty("Shutdown", api.ShutdownRequest(id=shim.id))
     assert shim.alive()
