@@ -393,11 +393,10 @@ class ConsoleSocket:
 
     def close(self) -> None:
         self.sock.close()
-        for path in (self.path,):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
         try:
             os.rmdir(self.dir)
         except OSError:
