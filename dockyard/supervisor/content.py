@@ -72,6 +72,11 @@ def _time(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1e9, UTC)
 
 
+def _info(digest: str, size: int, labels: str, created: int, updated: int) -> Info:
+    """A row of the ``content`` table (its columns in order) as an ``Info``."""
+    return Info(digest, size, _time(created), _time(updated), json.loads(labels))
+
+
 def check_digest(digest: str, what: str = "digest") -> str:
     parse_digest(digest, what)
     return digest
@@ -122,8 +127,7 @@ class NamespacedContent:
         row = self._row(ns, digest)
         if row is None:
             raise NotFound(f"content {digest}: not found")
-        size, labels, created, updated = row
-        return Info(digest, size, _time(created), _time(updated), json.loads(labels))
+        return _info(digest, *row)
 
     def walk(self, ns: str, filters: list[str]) -> Iterator[Info]:
         match = matcher(filters)
@@ -133,8 +137,8 @@ class NamespacedContent:
                 " WHERE namespace = ? ORDER BY digest",
                 (ns,),
             ).fetchall()
-        for digest, size, labels, created, updated in rows:
-            info = Info(digest, size, _time(created), _time(updated), json.loads(labels))
+        for row in rows:
+            info = _info(*row)
             if match(info_getter(info)):
                 yield info
 
@@ -144,8 +148,8 @@ class NamespacedContent:
             rows = self.db.execute(
                 "SELECT namespace, digest, size, labels, created, updated FROM content"
             ).fetchall()
-        for ns, digest, size, labels, created, updated in rows:
-            yield ns, Info(digest, size, _time(created), _time(updated), json.loads(labels))
+        for ns, *row in rows:
+            yield ns, _info(*row)
 
     def update(self, ns: str, digest: str, labels: Mapping[str, str], paths: list[str]) -> Info:
         check_digest(digest)
