@@ -51,9 +51,6 @@ class Stdio:
         self.stderr = stderr
         self.terminal = terminal
 
-    def is_null(self) -> bool:
-        return not (self.stdin or self.stdout or self.stderr)
-
 
 def _output_path(uri: str, which: str) -> str:
     """The filesystem path of an output URI; ``binary://`` is refused."""
