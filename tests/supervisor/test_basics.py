@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import uuid
 from typing import Any
 
 import grpc
@@ -21,13 +20,9 @@ from dockyard.api.services.events.v1 import events_pb2_grpc
 from dockyard.api.services.namespaces.v1 import namespace_pb2 as npb
 from dockyard.api.services.namespaces.v1 import namespace_pb2_grpc
 from tests.supervisor.conftest import Supervisor
-from tests.supervisor.imageside import fails
+from tests.supervisor.imageside import fails, new_namespace
 
 SPEC = typeurl.pack_json(typeurl.SPEC, {"ociVersion": "1.0.2", "process": {"args": ["true"]}})
-
-
-def new_ns() -> str:
-    return "t" + uuid.uuid4().hex[:10]
 
 
 def container(cid: str, **kw: Any) -> cpb.Container:
@@ -45,7 +40,7 @@ def test_version(supervisor: Supervisor) -> None:
 
 
 def test_namespaces_create_label_ls_rm(supervisor: Supervisor) -> None:
-    ns = new_ns()
+    ns = new_namespace()
     supervisor.ctr("namespaces", "create", ns, "team=a")
     assert ns in supervisor.ctr("namespaces", "ls", "--quiet").stdout.split()
     supervisor.ctr("namespaces", "label", ns, "team=b", "tier=x")
@@ -69,7 +64,7 @@ def test_namespaces_create_label_ls_rm(supervisor: Supervisor) -> None:
 
 
 def test_namespace_with_containers_cannot_be_removed(supervisor: Supervisor) -> None:
-    ns = new_ns()
+    ns = new_namespace()
     with supervisor.channel() as ch:
         stub = containers_pb2_grpc.ContainersStub(ch)
         stub.Create(
@@ -83,7 +78,7 @@ def test_namespace_with_containers_cannot_be_removed(supervisor: Supervisor) -> 
 
 
 def test_a_namespace_with_only_a_lease_goes_and_takes_the_lease(supervisor: Supervisor) -> None:
-    ns = new_ns()
+    ns = new_namespace()
     supervisor.ctr("leases", "create", "--id", "held", namespace=ns)
     assert supervisor.ctr("leases", "ls", "-q", namespace=ns).stdout.split() == ["held"]
     supervisor.ctr("namespaces", "rm", ns)
@@ -117,7 +112,7 @@ def _ensure(supervisor: Supervisor) -> bool:
 
 
 def test_containers_crud_and_isolation(supervisor: Supervisor) -> None:
-    ns, other = new_ns(), new_ns()
+    ns, other = new_namespace(), new_namespace()
     with supervisor.channel() as ch:
         stub = containers_pb2_grpc.ContainersStub(ch)
         made = stub.Create(
@@ -218,7 +213,7 @@ def test_containers_crud_and_isolation(supervisor: Supervisor) -> None:
 def test_bad_containers_are_refused(
     supervisor: Supervisor, bad: cpb.Container, code: str, match: str
 ) -> None:
-    ns = new_ns()
+    ns = new_namespace()
     with supervisor.channel() as ch:
         stub = containers_pb2_grpc.ContainersStub(ch)
         with fails(getattr(grpc.StatusCode, code), match):
@@ -238,7 +233,7 @@ def test_requests_without_namespace_fail_clearly(supervisor: Supervisor) -> None
 
 
 def test_events_reach_subscribers_with_filters(supervisor: Supervisor) -> None:
-    ns = new_ns()
+    ns = new_namespace()
     proc = subprocess.Popen(
         ["ctr", "--address", supervisor.address, "events"],
         stdout=subprocess.PIPE,
