@@ -179,7 +179,3 @@ def empty_namespace(client: Client, snapshotter: str = DEFAULT_SNAPSHOTTER) -> N
     for blob in client.content.list():
         with contextlib.suppress(NotFound):
             client.content.delete(blob.digest)
-
-
-def new_id() -> str:
-    return "c" + uuid.uuid4().hex[:11]

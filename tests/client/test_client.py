@@ -37,8 +37,9 @@ from dockyard.errors import (
 from dockyard.image.images import Image
 from dockyard.spec.image import MediaType
 from tests.client import clientfixtures
-from tests.client.clientfixtures import Daemon, Shim, new_id
+from tests.client.clientfixtures import Daemon, Shim
 from tests.compat import host
+from tests.conftest import new_id
 
 # The fixtures of clientfixtures, by name: a daemon of each kind, a clean
 # namespace on it, and the shims to run tasks with.

@@ -24,8 +24,9 @@ from dockyard.errors import DockyardError, NotFound
 from dockyard.image.images import Image
 from dockyard.spec.image import MediaType
 from tests.client import clientfixtures
-from tests.client.clientfixtures import Daemon, Shim, new_id
+from tests.client.clientfixtures import Daemon, Shim
 from tests.compat import host
+from tests.conftest import new_id
 
 daemon = clientfixtures.daemon
 ns = clientfixtures.ns
