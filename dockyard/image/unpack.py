@@ -23,7 +23,6 @@ from dockyard.image.snapshots import Snapshotter
 from dockyard.spec.image import (
     MAX_CONFIG_SIZE,
     Descriptor,
-    ImageConfig,
     Manifest,
     layer_compression,
     parse_image_config,
@@ -45,9 +44,41 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
     return out
 
 
-def image_config(store: ContentStore, manifest: Manifest) -> ImageConfig:
+def _diff_ids(store: ContentStore, manifest: Manifest) -> list[str]:
+    """The config's ``rootfs.diff_ids``, one per layer of ``manifest``."""
     data = store.read_bytes(manifest.config.digest, max_size=MAX_CONFIG_SIZE)
-    return parse_image_config(data)
+    diff_ids = list(parse_image_config(data).rootfs.diff_ids)
+    if len(diff_ids) != len(manifest.layers):
+        raise InvalidArgument(
+            f"image config has {len(diff_ids)} diff_ids but the manifest {len(manifest.layers)}"
+            " layers"
+        )
+    return diff_ids
+
+
+def _apply(
+    store: ContentStore,
+    i: int,
+    layer: Descriptor,
+    diff_id: str,
+    target: str,
+    whiteouts: Whiteouts,
+    parents: list[str],
+) -> None:
+    """Apply layer ``i`` into ``target``; its uncompressed digest must be ``diff_id``."""
+    with store.open(layer.digest) as blob:
+        result = apply_layer(
+            target,
+            blob,
+            whiteouts=whiteouts,
+            compression=layer_compression(layer.media_type) or "none",
+            parents=parents,
+        )
+    if result.diff_id != diff_id:
+        raise InvalidArgument(
+            f"layer {i} ({layer.digest}): uncompressed digest {result.diff_id} does not"
+            f" match the config's diff_id {diff_id}"
+        )
 
 
 def _apply_dir(mounts: list[Mount]) -> tuple[str, Whiteouts, list[str]]:
@@ -83,13 +114,7 @@ def unpack(
     called before a layer is read: a pull that is still fetching blocks there
     until that layer's blob is committed (unpacking while fetching).
     """
-    config = image_config(store, manifest)
-    diff_ids = list(config.rootfs.diff_ids)
-    if len(diff_ids) != len(manifest.layers):
-        raise InvalidArgument(
-            f"image config has {len(diff_ids)} diff_ids but the manifest {len(manifest.layers)}"
-            " layers"
-        )
+    diff_ids = _diff_ids(store, manifest)
     parent = ""
     chains = chain_ids(diff_ids)
     for i, (layer, diff_id, chain) in enumerate(
@@ -109,20 +134,7 @@ def unpack(
         key = f"{key_prefix}extract-{uuid.uuid4().hex}-{chain}"
         mounts = snapshotter.prepare(key, parent, labels={"dockyard.io/snapshot.ref": chain})
         try:
-            target, mode, lowers = _apply_dir(mounts)
-            with store.open(layer.digest) as blob:
-                result = apply_layer(
-                    target,
-                    blob,
-                    whiteouts=mode,
-                    compression=layer_compression(layer.media_type) or "none",
-                    parents=lowers,
-                )
-            if result.diff_id != diff_id:
-                raise InvalidArgument(
-                    f"layer {i} ({layer.digest}): uncompressed digest {result.diff_id} does not"
-                    f" match the config's diff_id {diff_id}"
-                )
+            _apply(store, i, layer, diff_id, *_apply_dir(mounts))
             snapshotter.commit(name, key)
         except BaseException:
             try:
@@ -136,23 +148,6 @@ def unpack(
 
 def unpack_to_dir(store: ContentStore, manifest: Manifest, target: str) -> None:
     """Apply every layer, bottom up, straight into ``target`` (a plain rootfs)."""
-    config = image_config(store, manifest)
-    diff_ids = list(config.rootfs.diff_ids)
-    if len(diff_ids) != len(manifest.layers):
-        raise InvalidArgument(
-            f"image config has {len(diff_ids)} diff_ids but the manifest {len(manifest.layers)}"
-            " layers"
-        )
+    diff_ids = _diff_ids(store, manifest)
     for i, (layer, diff_id) in enumerate(zip(manifest.layers, diff_ids, strict=True)):
-        with store.open(layer.digest) as blob:
-            result = apply_layer(
-                target,
-                blob,
-                whiteouts="direct",
-                compression=layer_compression(layer.media_type) or "none",
-            )
-        if result.diff_id != diff_id:
-            raise InvalidArgument(
-                f"layer {i} ({layer.digest}): uncompressed digest {result.diff_id} does not"
-                f" match the config's diff_id {diff_id}"
-            )
+        _apply(store, i, layer, diff_id, target, "direct", [])
