@@ -196,10 +196,7 @@ def _exec_child(ch: Channel, fin: Finalizer, console_fd: int | None, preserve_fd
         set_rlimits(proc["rlimits"])
     keep = {0, 1, 2, ch.fileno(), *range(3, 3 + preserve_fds)}
     fin.finalize(keep)
-    ch.send("ready")
-    fin.load_late_seccomp()
-    fin.hand_over_notify_fd(ch)
-    ch.close()  # the parent reads EOF: nothing more (a filter may forbid sending)
+    fin.report_ready(ch)
     try:
         fin.exec()
     except SystemFailure as e:

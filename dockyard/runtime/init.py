@@ -190,10 +190,7 @@ def container_init(ctx: InitContext, ch: Channel) -> NoReturn:
         os.close(os.open(f"/proc/self/fd/{ctx.fifo_fd}", os.O_WRONLY | os.O_CLOEXEC))
         os._exit(0)
     fin.finalize(keep)
-    ch.send("ready")
-    fin.load_late_seccomp()
-    fin.hand_over_notify_fd(ch)
-    ch.close()  # the parent reads EOF: nothing more (a filter may forbid sending)
+    fin.report_ready(ch)
     # blocks until `start` opens the fifo for reading
     fd = os.open(f"/proc/self/fd/{ctx.fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
     os.write(fd, b"0")

@@ -289,18 +289,23 @@ class Finalizer:
         if self.nnp:
             libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
 
-    def load_late_seccomp(self) -> None:
-        """With no_new_privs the filter is loaded after the change of user (runc's order)."""
+    def report_ready(self, ch: Channel) -> None:
+        """After finalize: say "ready", then end the talk with the parent.
+
+        With no_new_privs the filter is loaded only now, after the change of
+        user (runc's order). Its SCMP_ACT_NOTIFY fd goes to the parent, which
+        passes it to listenerPath (nsexec.await_done). The channel is closed
+        last: the parent reads EOF, as the filter may forbid sending more.
+        """
+        ch.send("ready")
         if self.seccomp is not None and self.nnp:
             self.notify_fd = self.seccomp.load()
-
-    def hand_over_notify_fd(self, ch: Channel) -> None:
-        """SCMP_ACT_NOTIFY: the runtime on the host passes the fd to listenerPath."""
         if self.notify_fd is not None:
             ch.send("seccomp", "", fd=self.notify_fd)
             ch.expect("ok")
             os.close(self.notify_fd)
             self.notify_fd = None
+        ch.close()
 
     def exec(self) -> None:
         reset_signals()
