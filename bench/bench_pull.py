@@ -49,6 +49,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the daemon helpers are shared with tests/compat
 
+from dockyard.spec.image import MediaType  # noqa: E402
 from tests.compat.host import (  # noqa: E402
     CONTAINERD_CONFIG,
     pids_mentioning,
@@ -66,10 +67,6 @@ FS_NOTE = {
     "tmpfs": "a tmpfs (no disk: fsync is free)",
     "host": "the temp dir's filesystem as it is",
 }
-
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
 class StepFailed(Exception):
@@ -341,10 +338,15 @@ def build_image(work: Path) -> BuiltImage:
     manifest = json.dumps(
         {
             "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
+            "mediaType": MediaType.OCI_MANIFEST,
+            "config": {
+                "mediaType": MediaType.OCI_CONFIG,
+                "digest": config_digest,
+                "size": len(config),
+            },
             "layers": [
-                {"mediaType": OCI_LAYER_GZIP, "digest": x.digest, "size": x.size} for x in layers
+                {"mediaType": MediaType.OCI_LAYER_GZIP, "digest": x.digest, "size": x.size}
+                for x in layers
             ],
         }
     ).encode()
@@ -355,7 +357,7 @@ def build_image(work: Path) -> BuiltImage:
         "schemaVersion": 2,
         "manifests": [
             {
-                "mediaType": OCI_MANIFEST,
+                "mediaType": MediaType.OCI_MANIFEST,
                 "digest": manifest_digest,
                 "size": len(manifest),
                 "annotations": {"org.opencontainers.image.ref.name": IMAGE_TAG},
