@@ -131,36 +131,6 @@ def go_shim(start_go_shim: StartShim, short_dir: Path) -> GoShim:
     return start_go_shim(bundle)
 
 
-def _string_field(number: int, value: str) -> bytes:
-    data = value.encode()
-    assert len(data) < 128
-    return bytes([number << 3 | 2, len(data)]) + data
-
-
-def _varint_field(data: bytes, number: int) -> int | None:
-    """A varint field of a message that has only varint and string fields."""
-    pos = 0
-    found = None
-    while pos < len(data):
-        key = data[pos]
-        pos += 1
-        if key & 7 == 0:
-            value = shift = 0
-            while True:
-                b = data[pos]
-                pos += 1
-                value |= (b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    break
-            if key >> 3 == number:
-                found = value
-        else:
-            assert key & 7 == 2
-            pos += 1 + data[pos]
-    return found
-
-
 def _wait_exit(pid: int) -> None:
     """Block until a process that is not our child has exited."""
     pidfd = os.pidfd_open(pid)
@@ -188,26 +158,29 @@ def test_client_against_go_server_connect_errors_and_shutdown(go_shim: GoShim) -
     socket_path = go_shim.address.removeprefix("unix://")
     closed = threading.Event()
     with Client(go_shim.address, on_close=closed.set) as c:
+        # Raw payloads through call; the generated messages only encode and decode them.
+        connect_request = shim_pb2.ConnectRequest(id=go_shim.id).SerializeToString()
         resp = c.call(
             TASK,
             "Connect",
-            _string_field(1, go_shim.id),  # ConnectRequest{id}
+            connect_request,
             timeout=HANG,
             metadata={"containerd-namespace-ttrpc": go_shim.namespace},
         )
-        shim_pid = _varint_field(resp, 1)  # ConnectResponse{shim_pid = 1}
+        connected = shim_pb2.ConnectResponse.FromString(resp)
+        shim_pid = connected.shim_pid
         assert shim_pid, f"no shim_pid in {resp.hex()}\nshim log:\n{go_shim.log()}"
-        assert _varint_field(resp, 2) is None  # no task yet, so no task_pid
+        assert connected.task_pid == 0  # no task yet
         with open(f"/proc/{shim_pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
         assert os.path.basename(argv[0]) == SHIM.encode() and go_shim.id.encode() in argv
 
         # Concurrent calls multiplexed on the one connection, answered by Go.
-        results: list[int | None] = []
+        results: list[int] = []
 
         def connect() -> None:
-            payload = c.call(TASK, "Connect", _string_field(1, go_shim.id), timeout=HANG)
-            results.append(_varint_field(payload, 1))
+            payload = c.call(TASK, "Connect", connect_request, timeout=HANG)
+            results.append(shim_pb2.ConnectResponse.FromString(payload).shim_pid)
 
         threads = [threading.Thread(target=connect) for _ in range(8)]
         for t in threads:
@@ -224,7 +197,7 @@ def test_client_against_go_server_connect_errors_and_shutdown(go_shim: GoShim) -
 
         # Go's statuses come back as Error with their codes.
         with pytest.raises(Error) as err:
-            c.call(TASK, "State", _string_field(1, go_shim.id))
+            c.call(TASK, "State", shim_pb2.StateRequest(id=go_shim.id).SerializeToString())
         assert err.value.code == codes.NOT_FOUND, err.value
         with pytest.raises(Error) as err:
             c.call(TASK, "NoSuchMethod", b"")
@@ -233,12 +206,12 @@ def test_client_against_go_server_connect_errors_and_shutdown(go_shim: GoShim) -
             c.call("containerd.no.Such", "Connect", b"")
         assert err.value.code == codes.UNIMPLEMENTED
 
-        # ShutdownRequest{id = 1, now = 2}; the answer is google.protobuf.Empty.
-        _shutdown(c, _string_field(1, go_shim.id) + b"\x10\x01")
+        # The answer is google.protobuf.Empty.
+        _shutdown(c, shim_pb2.ShutdownRequest(id=go_shim.id, now=True).SerializeToString())
         _wait_exit(shim_pid)
         assert closed.wait(HANG), "the connection outlived the shim"
         with pytest.raises(ConnectionClosed):
-            c.call(TASK, "Connect", _string_field(1, go_shim.id))
+            c.call(TASK, "Connect", connect_request)
     # The shim removes its socket on the way out.
     assert not os.path.exists(socket_path)
 
