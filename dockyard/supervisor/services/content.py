@@ -210,8 +210,6 @@ class ContentService(content_pb2_grpc.ContentServicer):
 
 
 def register(server: grpc.Server, sup: Supervisor) -> None:
-    from dockyard.supervisor.daemon import Plugin
-
     content_pb2_grpc.add_ContentServicer_to_server(ContentService(sup), server)
     sup.metadata.in_use_checks.append(sup.namespaced_content.in_use)
-    sup.plugins.append(Plugin("io.containerd.grpc.v1", "content"))
+    sup.add_plugin("io.containerd.grpc.v1", "content")

@@ -247,10 +247,6 @@ class _Sink:
 
 
 def register(server: grpc.Server, sup: Supervisor) -> None:
-    from dockyard.supervisor.daemon import Plugin
-
     diff_pb2_grpc.add_DiffServicer_to_server(DiffService(sup), server)
-    sup.plugins += [
-        Plugin("io.containerd.differ.v1", "walking"),
-        Plugin("io.containerd.grpc.v1", "diff"),
-    ]
+    sup.add_plugin("io.containerd.differ.v1", "walking")
+    sup.add_plugin("io.containerd.grpc.v1", "diff")

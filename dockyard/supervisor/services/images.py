@@ -177,11 +177,7 @@ class ImagesService(images_pb2_grpc.ImagesServicer):
 
 
 def register(server: grpc.Server, sup: Supervisor) -> None:
-    from dockyard.supervisor.daemon import Plugin
-
     images_pb2_grpc.add_ImagesServicer_to_server(ImagesService(sup), server)
     sup.metadata.in_use_checks.append(lambda ns: ["images"] if sup.images.list(ns) else [])
-    sup.plugins += [
-        Plugin("io.containerd.gc.v1", "scheduler"),
-        Plugin("io.containerd.grpc.v1", "images"),
-    ]
+    sup.add_plugin("io.containerd.gc.v1", "scheduler")
+    sup.add_plugin("io.containerd.grpc.v1", "images")

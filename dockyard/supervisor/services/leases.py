@@ -119,8 +119,6 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
 
 
 def register(server: grpc.Server, sup: Supervisor) -> None:
-    from dockyard.supervisor.daemon import Plugin
-
     leases_pb2_grpc.add_LeasesServicer_to_server(LeasesService(sup), server)
 
     def drop_leases(ns: str) -> None:
@@ -130,7 +128,5 @@ def register(server: grpc.Server, sup: Supervisor) -> None:
 
     # Leases do not keep a namespace: they go with it (as in containerd).
     sup.metadata.on_namespace_delete.append(drop_leases)
-    sup.plugins += [
-        Plugin("io.containerd.lease.v1", "manager"),
-        Plugin("io.containerd.grpc.v1", "leases"),
-    ]
+    sup.add_plugin("io.containerd.lease.v1", "manager")
+    sup.add_plugin("io.containerd.grpc.v1", "leases")

@@ -282,8 +282,6 @@ def in_use(sup: Supervisor, ns: str) -> list[str]:
 
 
 def register(server: grpc.Server, sup: Supervisor) -> None:
-    from dockyard.supervisor.daemon import Plugin
-
     snapshots_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsService(sup), server)
     sup.metadata.in_use_checks.append(lambda ns: in_use(sup, ns))
-    sup.plugins.append(Plugin("io.containerd.grpc.v1", "snapshots"))
+    sup.add_plugin("io.containerd.grpc.v1", "snapshots")
