@@ -18,6 +18,7 @@ differ; two on one root are refused (a lock in the root).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import importlib
@@ -197,11 +198,8 @@ class Supervisor:
                 log.exception("stopping %r", closer)
         if self.server is not None:
             self.server.stop(grace).wait()
-        for path in (self.config.address,):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.config.address)
         self.metadata.close()
         self.images.close()
         self.leases.close()
