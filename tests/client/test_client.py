@@ -236,6 +236,9 @@ def test_content_round_trip(ns: Client, tmp_path: Path) -> None:
         with out.open("wb") as f:
             assert ns.content.read_into(want, f) == len(data)
         assert out.read_bytes() == data
+        assert ns.content.read_bytes(want, max_size=len(data)) == data
+        with pytest.raises(InvalidArgument, match="byte limit"):
+            ns.content.read_bytes(want, max_size=len(data) - 1)
         with pytest.raises(InvalidArgument):
             ns.content.read_bytes(want, max_size=100)
         # from a file too
