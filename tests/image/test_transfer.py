@@ -411,6 +411,32 @@ def test_bad_oci_input_is_refused_and_nothing_committed(
     assert not (tmp_path / "escaped").exists()
 
 
+def test_import_a_layout_with_a_sha512_layer(
+    store: Store, busybox: ImageArchive, tmp_path: Path
+) -> None:
+    """A blob named ``blobs/sha512/<hex>`` is checked and stored under its sha512 digest."""
+    files = archive_files(busybox)
+    del files["manifest.json"]  # the OCI layout alone
+    layer = files.pop(_blob(busybox.layer_digest))
+    layer_digest = "sha512:" + hashlib.sha512(layer).hexdigest()
+    files["blobs/sha512/" + layer_digest.split(":")[1]] = layer
+    manifest = json.loads(files.pop(_blob(busybox.manifest_digest)))
+    (entry,) = [d for d in manifest["layers"] if d["digest"] == busybox.layer_digest]
+    entry["digest"] = layer_digest
+    data = json.dumps(manifest).encode()
+    manifest_digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    files[_blob(manifest_digest)] = data
+    index = json.loads(files["index.json"])
+    index["manifests"][0].update(digest=manifest_digest, size=len(data))
+    files["index.json"] = json.dumps(index).encode()
+    src = tmp_path / "sha512.tar"
+    write_tar(src, files)
+    assert store.import_(src) == [busybox.ref]
+    assert store.content.read_bytes(layer_digest) == layer
+    assert store.images.get(NS, busybox.ref).target.digest == manifest_digest
+    assert not store.content.statuses()
+
+
 def test_links_out_of_the_archive_are_refused(
     store: Store, busybox: ImageArchive, tmp_path: Path
 ) -> None:
