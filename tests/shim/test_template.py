@@ -14,6 +14,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -411,6 +412,37 @@ def test_template_socket_is_private_and_stop_leaves_nothing(own_template: Templa
     assert gone(pid)
     for spare in spares:
         host.wait_for(lambda s=spare: not host.alive(s), 30, "the spare to end")  # type: ignore[misc]
+
+
+def test_template_ends_with_the_thread_that_started_it() -> None:
+    """die_with_parent: a supervisor that dies without stopping its template leaves none."""
+    base = short_dir("dyd")
+    t = Template(str(base / "t.sock"), shim_binary=shim_binary(), die_with_parent=True)
+    release = threading.Event()
+
+    def starter() -> None:
+        t.start()
+        release.wait(60)
+
+    thread = threading.Thread(target=starter, daemon=True)
+    spares: list[int] = []
+    try:
+        thread.start()
+        host.wait_for(lambda: t.pid > 0 and bool(children(t.pid)), 30, "the template's spare")
+        spares = children(t.pid)
+        assert t.alive()
+        release.set()
+        thread.join(60)
+        host.wait_for(lambda: not t.alive(), 30, "the template to end with its starter")
+        assert not os.path.exists(t.socket_path)
+        for spare in spares:
+            host.wait_for(lambda s=spare: not host.alive(s), 30, "the spare to end")  # type: ignore[misc]
+    finally:
+        release.set()
+        t.stop()
+        for pid in spares:
+            host.stop_pid(pid)
+        rmtree(base)
 
 
 def test_template_refuses_an_open_directory() -> None:
