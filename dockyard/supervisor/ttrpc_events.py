@@ -21,7 +21,7 @@ from google.protobuf import empty_pb2
 from dockyard.api.services.ttrpc.events.v1 import events_pb2
 from dockyard.errors import SystemFailure
 from dockyard.supervisor.daemon import _remove_stale_socket
-from dockyard.supervisor.events import Envelope, validate_topic
+from dockyard.supervisor.events import Envelope
 from dockyard.supervisor.grpcutil import validate_identifier
 from dockyard.ttrpc import Context, Server
 
@@ -36,7 +36,6 @@ SERVICE = "containerd.services.events.ttrpc.v1.Events"
 def forward(sup: Supervisor, request: events_pb2.ForwardRequest, ctx: Context) -> empty_pb2.Empty:
     env = request.envelope
     validate_identifier("namespace", env.namespace)
-    validate_topic(env.topic)
     when = env.timestamp.ToDatetime(tzinfo=UTC) if env.HasField("timestamp") else datetime.now(UTC)
     sup.events.forward(Envelope(when, env.namespace, env.topic, env.event))
     return empty_pb2.Empty()
