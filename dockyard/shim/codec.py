@@ -195,12 +195,8 @@ class Message:
                         out += _encode_one(f, item)
             elif f.kind == MAP:
                 for k, v in value.items():
-                    entry = b""
-                    if k:
-                        entry += _len_delimited(1, str(k).encode())
-                    if v:
-                        entry += _len_delimited(2, str(v).encode())
-                    out += _len_delimited(f.number, entry)
+                    entry = _MapEntry(key=str(k), value=str(v))
+                    out += _len_delimited(f.number, entry.SerializeToString())
             elif f.kind == MESSAGE:
                 if value is not None:
                     out += _encode_one(f, value)
