@@ -35,6 +35,7 @@ from dockyard.filters import matcher
 from dockyard.supervisor import ttrpc_events
 from dockyard.supervisor.grpcutil import namespace, now_timestamp, rpc, validate_identifier
 from dockyard.supervisor.metadata import Container
+from dockyard.supervisor.services.snapshots import mount_messages
 from dockyard.supervisor.shims import STATE_TIMEOUT, CreateOptions, Shim, ShimManager
 
 if TYPE_CHECKING:
@@ -95,11 +96,9 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
             return []  # the spec's root.path is the rootfs, as it is
         from dockyard.supervisor.daemon import snapshot_key
 
-        mounts = self.sup.snapshotter(c.snapshotter).mounts(snapshot_key(ns, c.snapshot_key))
-        return [
-            mount_pb2.Mount(type=m.type, source=m.source, target=m.target, options=m.options)
-            for m in mounts
-        ]
+        return mount_messages(
+            self.sup.snapshotter(c.snapshotter).mounts(snapshot_key(ns, c.snapshot_key))
+        )
 
     # -- the task ------------------------------------------------------------------
 
