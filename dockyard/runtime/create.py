@@ -280,7 +280,6 @@ def create(
         run_hooks(cfg, "prestart", {**oci, "status": st.CREATED})
         run_hooks(cfg, "createRuntime", oci)
         ch.send("ok", jsonio.dumps(oci))
-        ch.expect("ready")
         await_done(ch, linux.get("seccomp"), {**oci, "status": st.CREATED})
         ch.close()
         ch = None

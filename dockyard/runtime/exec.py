@@ -157,9 +157,7 @@ def exec_process(root: str, cid: str, opts: ExecOptions) -> int:
     libc.prctl(libc.PR_SET_DUMPABLE, 0)
     pid, ch = spawn(join=join, new=[], linux=linux, child=child, before_go=cg.apply)
     try:
-        ch.expect("ready")
-        state = s.oci_state()
-        await_done(ch, linux.get("seccomp"), state)
+        await_done(ch, linux.get("seccomp"), s.oci_state())
     except BaseException:
         kill_and_wait(pid)
         if term is not None:

@@ -77,7 +77,9 @@ class Channel:
 
 
 def await_done(ch: Channel, seccomp_cfg: dict[str, Any] | None, state: dict[str, Any]) -> None:
-    """After "ready": forward a seccomp notify fd to its listener, until EOF."""
+    """Wait for the child's "ready" (Finalizer.report_ready), then forward a
+    seccomp notify fd to its listener, until EOF."""
+    ch.expect("ready")
     while True:
         verb, payload = ch.recv()
         if verb == "eof":
