@@ -8,7 +8,6 @@ Every byte that comes with a digest is checked against it.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import re
@@ -25,21 +24,16 @@ from dockyard.errors import DockyardError, InvalidArgument
 from dockyard.image.registry import auth
 from dockyard.image.registry.errors import RegistryError, Unauthorized, from_response
 from dockyard.image.registry.transport import CONNECTION_ERRORS, Origin, Response, Transport
+from dockyard.spec.image import MAX_MANIFEST_SIZE, Digester, MediaType, digest_of
 
-MEDIA_TYPE_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MEDIA_TYPE_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MEDIA_TYPE_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_MEDIA_TYPES = (
-    MEDIA_TYPE_OCI_INDEX,
-    MEDIA_TYPE_OCI_MANIFEST,
-    MEDIA_TYPE_DOCKER_LIST,
-    MEDIA_TYPE_DOCKER_MANIFEST,
+    MediaType.OCI_INDEX,
+    MediaType.OCI_MANIFEST,
+    MediaType.DOCKER_MANIFEST_LIST,
+    MediaType.DOCKER_MANIFEST,
 )
 ACCEPT_MANIFESTS = ", ".join(MANIFEST_MEDIA_TYPES)
 
-# The distribution spec lets registries refuse manifests over 4 MiB; so do we.
-MAX_MANIFEST_SIZE = 4 << 20
 DEFAULT_PARALLEL = 3
 _MAX_REDIRECTS = 5
 _DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
@@ -94,12 +88,8 @@ def check_digest(digest: str) -> str:
     return digest
 
 
-def hasher_for(digest: str) -> hashlib._Hash:
-    return hashlib.new(check_digest(digest).split(":", 1)[0])
-
-
-def digest_of(data: bytes, algorithm: str = "sha256") -> str:
-    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+def digester_for(digest: str) -> Digester:
+    return Digester(check_digest(digest).split(":", 1)[0])
 
 
 def is_local(host: str) -> bool:
@@ -473,7 +463,7 @@ class Registry:
             raise InvalidArgument(f"fetch blob {digest}: invalid size {size} or offset {offset}")
         what = f"fetch blob {self._name(repo, digest)}"
         url = self._url(repo, "blobs", digest)
-        hasher = hasher_for(digest) if offset == 0 else None
+        hasher = digester_for(digest) if offset == 0 else None
         if offset and offset == size:
             return
         done = offset
@@ -497,7 +487,7 @@ class Registry:
                 raise RegistryError(f"{what}: connection lost at byte {done} of {size}: {error}")
             time.sleep(min(0.05 * 2**failures, 2.0))
         if hasher is not None:
-            actual = f"{hasher.name}:{hasher.hexdigest()}"
+            actual = hasher.digest()
             if actual != digest:
                 raise InvalidArgument(f"{what}: content has digest {actual}")
 
@@ -510,7 +500,7 @@ class Registry:
         done: int,
         size: int,
         sink: Sink,
-        hasher: hashlib._Hash | None,
+        hasher: Digester | None,
         progress: Progress | None,
         cancel: threading.Event | None,
     ) -> int | BaseException:
@@ -682,7 +672,7 @@ class Registry:
                 raise InvalidArgument(f"{what}: content has digest {digest_of(data)}")
         scopes = self._scopes(repo, push=True)
         location = self._start_upload(repo, scopes, what)
-        hasher = hasher_for(digest)
+        hasher = digester_for(digest)
         pieces = _pieces(data, size, chunk_size or (1 << 20), hasher, what)
         if chunk_size is None:
             url = _with_query(location, digest=digest)
@@ -695,7 +685,7 @@ class Registry:
             for piece in pieces:
                 location = self._patch(location, scopes, what, piece, offset)
                 offset += len(piece)
-            actual = f"{hasher.name}:{hasher.hexdigest()}"
+            actual = hasher.digest()
             if actual != digest:
                 self._cancel_upload(repo, location, scopes)
                 raise InvalidArgument(f"{what}: content has digest {actual}")
@@ -807,7 +797,7 @@ def _with_query(url: str, **params: str) -> str:
 
 
 def _pieces(
-    data: bytes | IO[bytes], size: int, piece: int, hasher: hashlib._Hash, what: str
+    data: bytes | IO[bytes], size: int, piece: int, hasher: Digester, what: str
 ) -> Iterator[bytes]:
     """``size`` bytes of ``data`` in pieces, hashed on the way."""
     sent = 0
