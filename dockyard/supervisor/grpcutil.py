@@ -5,6 +5,8 @@
 - ``@rpc``: maps dockyard's errors to gRPC status codes once, here, and turns
   any other exception into INTERNAL with its message: a malformed request
   never takes the daemon down.
+- ``batches``: a streamed list in messages of at most 100 entries, as
+  containerd sends them.
 - timestamp conversions between ``datetime`` and protobuf's Timestamp.
 """
 
@@ -14,7 +16,7 @@ import functools
 import inspect
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -60,6 +62,22 @@ def namespace(context: grpc.ServicerContext) -> str:
     if not ns:
         raise FailedPrecondition("namespace is required")
     return validate_identifier("namespace", ns)
+
+
+LIST_BATCH = 100
+T = TypeVar("T")
+
+
+def batches(items: Iterable[T], size: int = LIST_BATCH) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter), none when there are none."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 _CODES = {code.name: code for code in grpc.StatusCode}

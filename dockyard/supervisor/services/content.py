@@ -31,13 +31,11 @@ from dockyard.errors import AlreadyExists, DockyardError, InvalidArgument, NotFo
 from dockyard.image.content import CHUNK, Info, Status
 from dockyard.image.leases import Resource
 from dockyard.supervisor.content import OutOfRange, check_digest
-from dockyard.supervisor.grpcutil import namespace, rpc, to_timestamp
+from dockyard.supervisor.grpcutil import batches, namespace, rpc, to_timestamp
 from dockyard.supervisor.services.leases import lease_of
 
 if TYPE_CHECKING:
     from dockyard.supervisor.daemon import Supervisor
-
-LIST_BATCH = 100
 
 
 def info_message(info: Info) -> pb.Info:
@@ -84,13 +82,8 @@ class ContentService(content_pb2_grpc.ContentServicer):
         self, request: pb.ListContentRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ListContentResponse]:
         ns = namespace(context)
-        batch: list[pb.Info] = []
-        for info in self.store.walk(ns, list(request.filters)):
-            batch.append(info_message(info))
-            if len(batch) >= LIST_BATCH:
-                yield pb.ListContentResponse(info=batch)
-                batch = []
-        if batch:
+        infos = (info_message(i) for i in self.store.walk(ns, list(request.filters)))
+        for batch in batches(infos):
             yield pb.ListContentResponse(info=batch)
 
     @rpc

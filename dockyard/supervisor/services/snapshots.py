@@ -35,14 +35,13 @@ from dockyard.image.gc import gc_lock
 from dockyard.image.leases import Resource
 from dockyard.image.snapshots import Info, Kind, Snapshotter, snapshot_getter
 from dockyard.spec.mount import Mount
-from dockyard.supervisor.grpcutil import namespace, rpc, to_timestamp
+from dockyard.supervisor.grpcutil import batches, namespace, rpc, to_timestamp
 from dockyard.supervisor.services.leases import lease_of
 
 if TYPE_CHECKING:
     from dockyard.supervisor.daemon import Supervisor
 
 TARGET_LABEL = "containerd.io/snapshot.ref"
-LIST_BATCH = 100
 _KINDS = {Kind.VIEW: pb.VIEW, Kind.ACTIVE: pb.ACTIVE, Kind.COMMITTED: pb.COMMITTED}
 
 
@@ -248,14 +247,8 @@ class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
     ) -> Iterator[pb.ListSnapshotsResponse]:
         v = self._view(request.snapshotter, context)
         match = matcher(request.filters)
-        batch: list[pb.Info] = []
-        for info in v.walk():
-            if match(snapshot_getter(info)):
-                batch.append(message(info))
-            if len(batch) >= LIST_BATCH:
-                yield pb.ListSnapshotsResponse(info=batch)
-                batch = []
-        if batch:
+        infos = (message(i) for i in v.walk() if match(snapshot_getter(i)))
+        for batch in batches(infos):
             yield pb.ListSnapshotsResponse(info=batch)
 
     @rpc
