@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dockyard.errors import AlreadyExists, NotFound
+from dockyard.errors import AlreadyExists, InvalidArgument, NotFound
 from dockyard.image.images import Image, ImageStore
 from dockyard.spec.image import Descriptor, MediaType
 
@@ -56,6 +56,21 @@ def test_put_moves_a_name_and_update_labels(store: ImageStore) -> None:
     img = store.update("ns", Image("x:1", target(), {"new": "3"}), ["labels.new", "labels.drop"])
     assert img.labels == {"keep": "1", "new": "3"}
     assert img.target.digest == OTHER
+
+
+def test_update_refuses_an_unknown_field(store: ImageStore) -> None:
+    store.put("ns", Image("x:1", target(), {"a": "1"}))
+    with pytest.raises(InvalidArgument, match="'name'"):
+        store.update("ns", Image("x:1", target(OTHER)), ["name"])
+    img = store.get("ns", "x:1")
+    assert (img.target.digest, img.labels) == (DIGEST, {"a": "1"})
+
+
+def test_walk_all_spans_namespaces(store: ImageStore) -> None:
+    store.create("a", Image("x:1", target(), {"k": "v"}))
+    store.create("b", Image("y:2", target(OTHER)))
+    found = {(ns, i.name, i.target.digest, tuple(i.labels.items())) for ns, i in store.walk_all()}
+    assert found == {("a", "x:1", DIGEST, (("k", "v"),)), ("b", "y:2", OTHER, ())}
 
 
 def test_two_stores_share_one_database(tmp_path: Path) -> None:
