@@ -93,8 +93,8 @@ class ImageStore(Store):
         rows = self.db.execute(
             "SELECT namespace, name, target, labels, created, updated FROM images"
         ).fetchall()
-        for ns, *rest in rows:
-            yield ns, self._row((rest[0], rest[1], rest[2], rest[3], rest[4]))
+        for row in rows:
+            yield row[0], self._row(row[1:])
 
     def create(self, namespace: str, image: Image) -> Image:
         self._check(namespace, image.name)
