@@ -21,7 +21,7 @@ API summary::
         w.digest(), w.status(), w.truncate(0)
         w.commit(size=None, expected=None, labels=None) -> digest
     store.exists(d), store.info(d) -> Info, store.path(d), store.delete(d)
-    store.open(d) / store.reader(d) -> BlobReader (seekable file, .read_at(off, n), .size)
+    store.open(d) -> BlobReader (seekable file, .read_at(off, n), .size)
     store.read_bytes(d, max_size=None)
     store.update_labels(d, {"k": "v", "gone": ""}, replace=False) -> Info
     store.walk('labels."containerd.io/gc.root"', 'digest==sha256:...') -> Iterator[Info]
@@ -462,8 +462,6 @@ class ContentStore:
         except FileNotFoundError:
             raise NotFound(f"content {digest}: not found") from None
 
-    reader = open
-
     def read_bytes(self, digest: str, max_size: int | None = None) -> bytes:
         """A whole (small) blob, e.g. a manifest; ``InvalidArgument`` past ``max_size``."""
         with self.open(digest) as r:
@@ -525,21 +523,18 @@ class ContentStore:
                 if match(info_getter(info)):
                     yield info
 
-    def _labels_lock(self) -> contextlib.AbstractContextManager[None]:
-        @contextlib.contextmanager
-        def held() -> Iterator[None]:
-            fd = os.open(
-                os.path.join(self.root, "labels", ".lock"),
-                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                0o600,
-            )
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)
-
-        return held()
+    @contextlib.contextmanager
+    def _labels_lock(self) -> Iterator[None]:
+        fd = os.open(
+            os.path.join(self.root, "labels", ".lock"),
+            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+            0o600,
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _read_labels(self, digest: str) -> dict[str, Any]:
         try:
