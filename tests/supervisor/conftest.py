@@ -200,3 +200,13 @@ def supervisor(
         host.unmount_under(base)
         created.cleanup()
         host.remove_tree(base)
+
+
+@pytest.fixture
+def ns(supervisor: Supervisor) -> Iterator[str]:
+    """A new namespace for the test, emptied and removed after it."""
+    from tests.supervisor.imageside import empty_namespace, new_namespace
+
+    name = new_namespace()
+    yield name
+    empty_namespace(supervisor, name)

@@ -35,13 +35,6 @@ Code = grpc.StatusCode
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
-@pytest.fixture
-def ns(supervisor: Supervisor) -> Iterator[str]:
-    name = new_namespace()
-    yield name
-    empty_namespace(supervisor, name)
-
-
 @pytest.fixture(scope="module")
 def images(supervisor: Supervisor) -> Iterator[images_pb2_grpc.ImagesStub]:
     with supervisor.channel() as ch:

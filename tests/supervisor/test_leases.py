@@ -18,10 +18,8 @@ from tests.supervisor.imageside import (
     Stubs,
     backend_blobs,
     digest_of,
-    empty_namespace,
     fails,
     md,
-    new_namespace,
     write_blob,
 )
 
@@ -32,13 +30,6 @@ Code = grpc.StatusCode
 def stubs(supervisor: Supervisor) -> Iterator[Stubs]:
     with supervisor.channel() as ch:
         yield Stubs(ch)
-
-
-@pytest.fixture
-def ns(supervisor: Supervisor) -> Iterator[str]:
-    name = new_namespace()
-    yield name
-    empty_namespace(supervisor, name)
 
 
 def create(stubs: Stubs, ns: str, lease_id: str = "", **labels: str) -> lpb.Lease:
