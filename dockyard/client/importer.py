@@ -21,19 +21,31 @@ from dockyard.errors import NotFound
 from dockyard.image import transfer
 from dockyard.image.content import ContentStore
 from dockyard.image.images import Image, ImageStore
+from dockyard.spec.image import Digester
 
 if TYPE_CHECKING:
     from dockyard.client.client import Client
 
 
 class _RemoteWriter:
-    """The image library's ``Writer`` interface over a content ``Write`` stream."""
+    """The image library's ``Writer`` interface over a content ``Write`` stream.
+
+    Like the local writer it hashes what it writes (in sha256): the importer
+    takes a blob's digest from its writer. Each import ingest is new (a ref
+    of its own), so what is written here is all the ingest holds.
+    """
 
     def __init__(self, writer: Writer) -> None:
         self._writer = writer
+        self._digester = Digester("sha256")
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._digester.update(data)
         return self._writer.write(data)
+
+    def digest(self) -> str:
+        """The digest of what was written so far."""
+        return self._digester.digest()
 
     def commit(
         self,
