@@ -17,6 +17,7 @@ from dockyard.api.services.snapshots.v1 import snapshots_pb2 as pb
 from dockyard.api.services.snapshots.v1 import snapshots_pb2_grpc
 from dockyard.client.rpc import Connection, from_timestamp
 from dockyard.client.wire import field_mask, label_paths, mounts_from_proto
+from dockyard.image.snapshots import Usage
 from dockyard.spec.mount import Mount
 
 DEFAULT_SNAPSHOTTER = "overlayfs"
@@ -29,8 +30,12 @@ class Kind(enum.StrEnum):
     COMMITTED = "committed"
 
 
-_KINDS = {pb.UNKNOWN: Kind.UNKNOWN, pb.VIEW: Kind.VIEW, pb.ACTIVE: Kind.ACTIVE}
-_KINDS[pb.COMMITTED] = Kind.COMMITTED
+_KINDS = {
+    pb.UNKNOWN: Kind.UNKNOWN,
+    pb.VIEW: Kind.VIEW,
+    pb.ACTIVE: Kind.ACTIVE,
+    pb.COMMITTED: Kind.COMMITTED,
+}
 _TO_KIND = {v: k for k, v in _KINDS.items()}
 
 
@@ -42,14 +47,6 @@ class SnapshotInfo:
     labels: dict[str, str] = field(default_factory=dict)
     created_at: datetime | None = None
     updated_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Disk used by a snapshot's own layer (not its parents')."""
-
-    size: int
-    inodes: int
 
 
 def _info(msg: pb.Info) -> SnapshotInfo:
@@ -130,7 +127,7 @@ class SnapshotsService:
 
     def usage(self, key: str) -> Usage:
         resp = self._conn.call(self._stub.Usage, pb.UsageRequest(snapshotter=self.name, key=key))
-        return Usage(resp.size, resp.inodes)
+        return Usage(size=resp.size, inodes=resp.inodes)
 
     def cleanup(self) -> None:
         """Let the snapshotter free what no snapshot uses any more."""
