@@ -156,6 +156,7 @@ def test_unpack_to_dir(tmp_path: Path) -> None:
 
 
 def test_chain_ids() -> None:
-    a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
-    want = "sha256:" + hashlib.sha256(f"{a} {b}".encode()).hexdigest()
-    assert chain_ids([a, b]) == [a, want]
+    a, b, c = ("sha256:" + x * 64 for x in "abc")
+    ab = "sha256:" + hashlib.sha256(f"{a} {b}".encode()).hexdigest()
+    abc = "sha256:" + hashlib.sha256(f"{ab} {c}".encode()).hexdigest()  # the chain, not b
+    assert chain_ids([a, b, c]) == [a, ab, abc]
