@@ -51,12 +51,6 @@ def loads(data: str | bytes) -> Any:
     return obj
 
 
-def _float_repr(o: float) -> str:
-    if o != o or o in (float("inf"), float("-inf")):
-        raise ValueError(f"out of range float value {o!r} is not JSON compliant")
-    return float.__repr__(o)
-
-
 def _unknown(o: Any) -> Any:
     raise TypeError(f"object of type {type(o).__name__} is not JSON serializable")
 

@@ -37,7 +37,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,14 +88,6 @@ LAYER_TYPES = frozenset(
         MediaType.DOCKER_LAYER,
         MediaType.DOCKER_LAYER_GZIP,
         MediaType.DOCKER_LAYER_ZSTD,
-        MediaType.DOCKER_FOREIGN_LAYER,
-    }
-)
-NONDISTRIBUTABLE_LAYER_TYPES = frozenset(
-    {
-        MediaType.OCI_LAYER_NONDIST,
-        MediaType.OCI_LAYER_NONDIST_GZIP,
-        MediaType.OCI_LAYER_NONDIST_ZSTD,
         MediaType.DOCKER_FOREIGN_LAYER,
     }
 )
@@ -849,8 +841,3 @@ def parse_image_config(data: bytes | str | Mapping[str, Any]) -> ImageConfig:
         config=container,
         history=tuple(history),
     )
-
-
-def descriptors_json(descs: Iterable[Descriptor]) -> list[dict[str, Any]]:
-    """Descriptors as JSON objects, in order (for writing manifests and indexes)."""
-    return [d.to_json() for d in descs]

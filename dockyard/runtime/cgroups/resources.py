@@ -82,7 +82,6 @@ def get_dict(obj: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     return value
 
 
-U16 = (1 << 16) - 1
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
 I64 = (1 << 63) - 1
