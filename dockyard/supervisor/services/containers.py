@@ -169,9 +169,7 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
             )
         self.meta.delete_container(ns, request.id)
         self.sup.events.publish(ns, "/containers/delete", events.ContainerDelete(id=request.id))
-        gc = getattr(self.sup, "gc", None)
-        if gc is not None:
-            gc.schedule()
+        self.sup.gc.schedule()
         return empty_pb2.Empty()
 
 
