@@ -316,12 +316,12 @@ def docker_capabilities(
     the host has (except those dropped), or drops all (keeping those added).
     Privileged containers get every capability of the host.
     """
-    available = host_capabilities()
-    adds, drops = list(cap_add), list(cap_drop)
     if privileged:
-        return available
+        return host_capabilities()
+    adds, drops = list(cap_add), list(cap_drop)
     if not adds and not drops:
         return list(DOCKER_DEFAULT_CAPABILITIES)
+    available = host_capabilities()
     drop = _normalize_capabilities(drops, available)
     add = _normalize_capabilities(adds, available)
     if "ALL" in add:
