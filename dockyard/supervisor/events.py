@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from dockyard.api import typeurl
 from dockyard.errors import InvalidArgument
 from dockyard.filters import matcher as filters_matcher
 
@@ -48,10 +49,6 @@ class Envelope:
 
 
 def _event_field(event: any_pb2.Any, path: list[str]) -> str | None:
-    try:
-        from dockyard.api import typeurl
-    except ImportError:  # the API package is generated separately
-        return None
     try:
         msg = typeurl.unpack(event)
     except Exception:
@@ -107,12 +104,7 @@ class Exchange:
 
     def publish(self, namespace: str, topic: str, event: Message | any_pb2.Any) -> Envelope:
         """Publish ``event`` (a message, packed with its type URL, or an Any)."""
-        if isinstance(event, any_pb2.Any):
-            packed = event
-        else:
-            from dockyard.api import typeurl
-
-            packed = typeurl.pack(event)
+        packed = event if isinstance(event, any_pb2.Any) else typeurl.pack(event)
         env = Envelope(datetime.now(UTC), namespace, topic, packed)
         self.forward(env)
         return env
