@@ -22,7 +22,6 @@ import http.server
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -35,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.compat.host import stop_process
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 USER, PASSWORD = "dockyard", "s3cret-pass"
@@ -111,17 +112,6 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None
     raise RuntimeError(f"docker-registry did not listen on {port}: {log.read_text()}")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-
-
 @contextlib.contextmanager
 def run_registry(
     *,
@@ -172,7 +162,7 @@ def run_registry(
                 f"127.0.0.1:{port}", root, proc, str(ca_file) if ca_file else None, log
             )
         finally:
-            _stop(proc)
+            stop_process(proc, 5)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
