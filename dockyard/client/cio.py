@@ -317,7 +317,7 @@ def streams(
                 paths.get("stdin", ""), paths.get("stdout", ""), paths.get("stderr", ""), terminal
             )
             io = IO(config, lambda: shutil.rmtree(directory, ignore_errors=True))
-            _start_copies(io, config, stdin, stdout or _DISCARD, stderr or _DISCARD)
+            _start_copies(io, config, stdin, stdout, stderr)
             return io
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
@@ -337,13 +337,15 @@ _DISCARD = _Discard()
 def _start_copies(
     io: IO, config: Config, stdin: Source | None, stdout: Sink | None, stderr: Sink | None
 ) -> None:
+    """Copy into the stdin FIFO, and out of the output FIFOs (what has no
+    sink is read and discarded, so the process never blocks on it)."""
     # a log URI (file://, binary://) is the shim's to write, not a FIFO of ours
     if config.stdin and "://" not in config.stdin and stdin is not None:
         io.copy_in(config.stdin, stdin)
-    if config.stdout and "://" not in config.stdout and stdout is not None:
-        io.copy_out(config.stdout, stdout)
-    if config.stderr and "://" not in config.stderr and stderr is not None:
-        io.copy_out(config.stderr, stderr)
+    if config.stdout and "://" not in config.stdout:
+        io.copy_out(config.stdout, stdout or _DISCARD)
+    if config.stderr and "://" not in config.stderr:
+        io.copy_out(config.stderr, stderr or _DISCARD)
 
 
 def null_io(id: str) -> IO:
@@ -376,7 +378,7 @@ def attach(
                 f"attach: {os.strerror(errno.ENOENT).lower()}: {', '.join(missing)}"
             )
         io = IO(config, lambda: _remove_fifos(paths))
-        _start_copies(io, config, stdin, stdout or _DISCARD, stderr or _DISCARD)
+        _start_copies(io, config, stdin, stdout, stderr)
         return io
 
     return open_existing
