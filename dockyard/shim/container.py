@@ -51,8 +51,7 @@ def kill_all_on_exit(bundle: str) -> bool:
     from dockyard import jsonio
 
     try:
-        with open(os.path.join(bundle, "config.json"), "rb") as f:
-            config = jsonio.loads(f.read())
+        config = jsonio.load_file(os.path.join(bundle, "config.json"))
         for ns in config.get("linux", {}).get("namespaces", []):
             if ns.get("type") == "pid" and not ns.get("path"):
                 return False

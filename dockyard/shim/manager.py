@@ -125,8 +125,8 @@ def _grouping(id: str, bundle: str = ".") -> str:
     from dockyard import jsonio
 
     try:
-        with open(os.path.join(bundle, "config.json"), "rb") as f:
-            annotations = jsonio.loads(f.read()).get("annotations") or {}
+        config = jsonio.load_file(os.path.join(bundle, "config.json"))
+        annotations = config.get("annotations") or {}
     except (OSError, ValueError, AttributeError) as e:
         raise SystemFailure(f"read config.json of {id}: {e}") from None
     for label in GROUP_LABELS:

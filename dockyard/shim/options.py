@@ -145,8 +145,7 @@ def load(bundle: str) -> dict[str, Any] | None:
     from dockyard import jsonio
 
     try:
-        with open(os.path.join(bundle, OPTIONS_FILE), "rb") as f:
-            data = jsonio.loads(f.read())
+        data = jsonio.load_file(os.path.join(bundle, OPTIONS_FILE))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
