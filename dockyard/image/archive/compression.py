@@ -242,27 +242,17 @@ class _PlainWriter:
         pass
 
 
-class _GzipWriter:
-    def __init__(self, out: Sink, level: int) -> None:
+class _Compressor(Protocol):
+    def compress(self, data: bytes, /) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+class _CompressingWriter:
+    """Feeds a compressor (zlib's or zstandard's ``compressobj``) into ``out``."""
+
+    def __init__(self, out: Sink, compressor: _Compressor) -> None:
         self._out = out
-        self._c = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-
-    def write(self, data: bytes, /) -> int:
-        out = self._c.compress(data)
-        if out:
-            self._out.write(out)
-        return len(data)
-
-    def finish(self) -> None:
-        self._out.write(self._c.flush())
-
-
-class _ZstdWriter:
-    def __init__(self, out: Sink, level: int) -> None:
-        import zstandard
-
-        self._c = zstandard.ZstdCompressor(level=level).compressobj()
-        self._out = out
+        self._c = compressor
 
     def write(self, data: bytes, /) -> int:
         out = self._c.compress(data)
@@ -279,9 +269,11 @@ def compressing(out: Sink, compression: str) -> Writer:
     if compression == NONE:
         return _PlainWriter(out)
     if compression == GZIP:
-        return _GzipWriter(out, 6)
+        return _CompressingWriter(out, zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS))
     if compression == ZSTD:
-        return _ZstdWriter(out, 3)
+        import zstandard
+
+        return _CompressingWriter(out, zstandard.ZstdCompressor(level=3).compressobj())
     raise InvalidArgument(
         f"unknown layer compression {compression!r}: want one of {', '.join(COMPRESSIONS)}"
     )
