@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from dockyard.errors import DockyardError, InvalidArgument, SystemFailure, Unsupported
-from dockyard.runtime.cgroups import CgroupManager, files, wait_until
+from dockyard.runtime.cgroups import CgroupManager, files, remove_empty_dirs, wait_until
 from dockyard.runtime.cgroups import resources as R
 from dockyard.runtime.cgroups import stats as S
 from dockyard.runtime.cgroups.files import Group, Step, Write
@@ -58,11 +58,7 @@ class V1Manager(CgroupManager):
             if "cpuset" in self.paths:
                 _copy_cpuset_from_parents(self.paths["cpuset"])
         except DockyardError:
-            for d in reversed(created):
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    pass
+            remove_empty_dirs(created[::-1])
             raise
 
     def apply(self, pid: int) -> None:

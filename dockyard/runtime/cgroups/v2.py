@@ -12,7 +12,13 @@ import math
 import os
 
 from dockyard.errors import DockyardError, InvalidArgument, SystemFailure, Unsupported
-from dockyard.runtime.cgroups import SIGKILL, CgroupManager, files, wait_until
+from dockyard.runtime.cgroups import (
+    SIGKILL,
+    CgroupManager,
+    files,
+    remove_empty_dirs,
+    wait_until,
+)
 from dockyard.runtime.cgroups import resources as R
 from dockyard.runtime.cgroups import stats as S
 from dockyard.runtime.cgroups.files import Call, Step, Write
@@ -88,11 +94,7 @@ class V2Manager(CgroupManager):
                 cur = os.path.join(cur, part)
                 created += files.mkdirs(cur)
         except DockyardError:
-            for d in reversed(created):
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    pass
+            remove_empty_dirs(created[::-1])
             raise
 
     def apply(self, pid: int) -> None:
