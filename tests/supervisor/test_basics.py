@@ -277,6 +277,31 @@ def test_events_reach_subscribers_with_filters(supervisor: Supervisor) -> None:
     assert "/custom/thing" in out
 
 
+def test_events_filter_on_the_events_own_fields(supervisor: Supervisor) -> None:
+    wanted, other = new_namespace(), new_namespace()
+    with supervisor.channel() as ch:
+        events = events_pb2_grpc.EventsStub(ch)
+        # a field of the event itself (NamespaceCreate.name); an absent field never matches
+        stream = events.Subscribe(
+            epb.SubscribeRequest(filters=[f"event.name=={wanted}"]), timeout=10
+        )
+        nowhere = events.Subscribe(epb.SubscribeRequest(filters=["event.nosuch==x"]), timeout=5)
+        time.sleep(0.5)  # let the subscriptions register
+        try:
+            for ns in (other, wanted):
+                supervisor.ctr("namespaces", "create", ns)
+                supervisor.ctr("namespaces", "rm", ns)
+            env = next(iter(stream))
+            assert (env.namespace, env.topic) == (wanted, "/namespaces/create")
+            got = []
+            with pytest.raises(grpc.RpcError) as err:
+                for e in nowhere:  # until its deadline
+                    got.append(e.topic)
+            assert got == [] and err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        finally:
+            stream.cancel()
+
+
 def test_introspection_lists_the_services(supervisor: Supervisor) -> None:
     out = supervisor.ctr("plugins", "ls").stdout
     for plugin in ("version", "namespaces", "containers", "events", "introspection"):
