@@ -280,13 +280,6 @@ class FifoReader:
         self.thread.join()
 
 
-def remove_dir_if_empty(path: Path) -> None:
-    try:
-        path.rmdir()
-    except OSError:
-        pass
-
-
 def rmtree(path: Path) -> None:
     host.unmount_under(path)
     shutil.rmtree(path, ignore_errors=True)
