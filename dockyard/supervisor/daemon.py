@@ -33,7 +33,7 @@ from typing import Any
 
 import grpc
 
-from dockyard.errors import FailedPrecondition, SystemFailure
+from dockyard.errors import FailedPrecondition, NotFound, SystemFailure
 from dockyard.image.content import ContentStore
 from dockyard.image.images import ImageStore
 from dockyard.image.leases import LeaseStore
@@ -136,8 +136,6 @@ class Supervisor:
         return fd
 
     def snapshotter(self, name: str) -> Snapshotter:
-        from dockyard.errors import NotFound
-
         try:
             return self.snapshotters[name or self.config.snapshotter]
         except KeyError:
