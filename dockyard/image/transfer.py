@@ -604,11 +604,14 @@ class _Source:
             raise InvalidArgument(f"{self.staging.what}: refused {name!r}: leaves the directory")
         return real
 
-    def stage(self, name: str, algorithm: str = "sha256") -> _Staged | None:
-        """The blob at member ``name``, staged (from a directory: now)."""
+    def stage(self, name: str) -> _Staged | None:
+        """The blob at member ``name``, staged (from a directory: now), hashed as
+        its name says (``blobs/<alg>/<hex>``; sha256 otherwise), as a tar's are."""
         staged = self.staging.get(name)
         if staged is not None or not self.is_dir:
             return staged
+        blob = _blob_member(name)
+        algorithm = blob[0] if blob else "sha256"
         p = self._dir_file(name)
         try:
             f = open(p, "rb")  # noqa: SIM115 (closed by its owner)
@@ -627,7 +630,7 @@ def _verified(source: _Source, desc: Descriptor, where: str) -> _Staged:
     """The staged blob for ``desc``: present, of its size and digest."""
     what = source.staging.what
     name = _blob_name(desc.digest)
-    staged = source.stage(name, parse_digest(desc.digest)[0])
+    staged = source.stage(name)
     if staged is None:
         raise InvalidArgument(f"{what}: {where} names blob {desc.digest}, which is missing")
     if staged.digest != desc.digest:

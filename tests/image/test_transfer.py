@@ -411,8 +411,9 @@ def test_bad_oci_input_is_refused_and_nothing_committed(
     assert not (tmp_path / "escaped").exists()
 
 
+@pytest.mark.parametrize("as_dir", [False, True], ids=["tar", "dir"])
 def test_import_a_layout_with_a_sha512_layer(
-    store: Store, busybox: ImageArchive, tmp_path: Path
+    store: Store, busybox: ImageArchive, tmp_path: Path, as_dir: bool
 ) -> None:
     """A blob named ``blobs/sha512/<hex>`` is checked and stored under its sha512 digest."""
     files = archive_files(busybox)
@@ -430,7 +431,13 @@ def test_import_a_layout_with_a_sha512_layer(
     index["manifests"][0].update(digest=manifest_digest, size=len(data))
     files["index.json"] = json.dumps(index).encode()
     src = tmp_path / "sha512.tar"
-    write_tar(src, files)
+    if as_dir:
+        src = tmp_path / "sha512"
+        for name, content in files.items():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            (src / name).write_bytes(content)
+    else:
+        write_tar(src, files)
     assert store.import_(src) == [busybox.ref]
     assert store.content.read_bytes(layer_digest) == layer
     assert store.images.get(NS, busybox.ref).target.digest == manifest_digest
