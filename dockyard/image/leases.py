@@ -201,8 +201,8 @@ class LeaseStore(Store):
         rows = self.db.execute(
             "SELECT namespace, id, labels, created FROM leases ORDER BY namespace, created"
         ).fetchall()
-        for ns, *rest in rows:
-            yield ns, _lease((rest[0], rest[1], rest[2]))
+        for row in rows:
+            yield row[0], _lease(row[1:])
 
     def delete(self, namespace: str, lease_id: str) -> None:
         """Delete a lease and its resource list (the resources themselves go with gc)."""
