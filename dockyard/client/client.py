@@ -226,13 +226,23 @@ class Client:
         is unpacked if need be, and a view of it mounted a moment to read its
         users; the rootfs is ``rootfs`` in the bundle, where the shim mounts it."""
         img = self.get_image(image)
-        self.unpack(img, snapshotter)
-        config = image_ops.resolve(self, img).config
-        with image_ops.mounted_view(self, img, snapshotter) as rootfs:
+        resolved = image_ops.resolve(self, img)
+        image_ops.unpack(self, img, snapshotter, resolved=resolved)
+        return self._spec_of_unpacked(img, resolved, container_id, snapshotter, **options)
+
+    def _spec_of_unpacked(
+        self,
+        img: Image,
+        resolved: image_ops.Resolved,
+        container_id: str,
+        snapshotter: str,
+        **options: Any,
+    ) -> dict[str, Any]:
+        with image_ops.mounted_view(self, img, snapshotter, resolved=resolved) as rootfs:
             return oci.docker_default_spec(
                 rootfs=rootfs,
                 root_path="rootfs",
-                image_config=config,
+                image_config=resolved.config,
                 container_id=container_id,
                 **options,
             )
@@ -261,9 +271,10 @@ class Client:
             if image is not None:
                 img = self.get_image(image)
                 name = img.name
+                resolved = image_ops.resolve(self, img)
+                top = image_ops.unpack(self, img, snapshotter, resolved=resolved)
                 if spec is None:
-                    spec = self.docker_spec(img, id, snapshotter=snapshotter)
-                top = self.unpack(img, snapshotter)
+                    spec = self._spec_of_unpacked(img, resolved, id, snapshotter)
                 key = snapshot_key or id
                 sn = self.snapshots(snapshotter)
                 if readonly:

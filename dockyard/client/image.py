@@ -117,10 +117,22 @@ def _unique() -> str:
     return f"{time.time_ns() % 10**9}-{uuid.uuid4().hex[:6]}"
 
 
-def unpack(client: Client, image: Image, snapshotter: str, platform: Platform | None = None) -> str:
-    """Unpack ``image`` into ``snapshotter``; the chain ID of its top layer."""
+def unpack(
+    client: Client,
+    image: Image,
+    snapshotter: str,
+    platform: Platform | None = None,
+    *,
+    resolved: Resolved | None = None,
+) -> str:
+    """Unpack ``image`` into ``snapshotter``; the chain ID of its top layer.
+
+    ``resolved``, the image already resolved for the platform, saves reading
+    its manifest and config again.
+    """
     with client.lease():
-        resolved = resolve(client, image, platform)
+        if resolved is None:
+            resolved = resolve(client, image, platform)
         diff_ids = resolved.diff_ids
         ids = chain_ids(diff_ids)
         if not ids:
@@ -183,15 +195,23 @@ def _remove_quietly(sn: SnapshotsService, key: str) -> None:
 
 @contextlib.contextmanager
 def mounted_view(
-    client: Client, image: Image, snapshotter: str, platform: Platform | None = None
+    client: Client,
+    image: Image,
+    snapshotter: str,
+    platform: Platform | None = None,
+    *,
+    resolved: Resolved | None = None,
 ) -> Iterator[str]:
     """The image's root filesystem, mounted read-only in a temporary directory.
 
     For reading the image's files (its /etc/passwd, to resolve a user), as
     the Go client's ``oci.WithUser`` mounts a view. The view snapshot, the
-    mount and the directory are gone after the block. Needs root.
+    mount and the directory are gone after the block. Needs root. ``resolved``
+    as for ``unpack``.
     """
-    chain_id = resolve(client, image, platform).chain_id
+    if resolved is None:
+        resolved = resolve(client, image, platform)
+    chain_id = resolved.chain_id
     sn = client.snapshots(snapshotter)
     key = f"dockyard-client-view-{_unique()}"
     with client.lease():
