@@ -7,12 +7,15 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import grpc
 import pytest
 
+import dockyard.client
 from dockyard.client import cio
 from dockyard.client.image import gc_label_key
 from dockyard.client.leases import random_id
@@ -142,3 +145,23 @@ def test_a_terminal_has_no_stderr_and_no_streams_no_fifos(tmp_path: Path) -> Non
     none = cio.streams(fifo_root=str(tmp_path))("n")
     assert none.config == cio.Config()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_package_exports_load_lazily() -> None:
+    """The package and the spec builders import without grpc or the services;
+    every exported name then loads from its module on first use."""
+    code = (
+        "import sys\n"
+        "import dockyard.client, dockyard.client.oci\n"
+        "print(sorted(m for m in ('grpc', 'dockyard.client.client', 'dockyard.client.rpc')"
+        " if m in sys.modules))\n"
+        "c = dockyard.client\n"
+        "print([n for n in c.__all__ if getattr(c, n, None) is None])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split("\n")[:2] == ["[]", "[]"]
+    assert sorted(dockyard.client.__all__) == sorted(dockyard.client._EXPORTS)
+    with pytest.raises(AttributeError):
+        _ = dockyard.client.NoSuchName
