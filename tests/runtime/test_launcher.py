@@ -1,0 +1,46 @@
+"""The launchers ``dockyard.launcher`` writes for the per-container commands.
+
+They run the entry point with ``-I -S`` and end with ``os._exit``: what must
+survive that is the package on ``sys.path``, the exit status and the output.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from dockyard.launcher import ENTRY_POINTS, write_launchers
+
+
+def test_launchers_are_written_for_every_entry_point(tmp_path: Path) -> None:
+    written = write_launchers(str(tmp_path))
+    assert sorted(written) == sorted(str(tmp_path / name) for name in ENTRY_POINTS)
+    for path in written:
+        assert os.access(path, os.X_OK), path
+        assert Path(path).read_text().splitlines()[0] == f"#!{sys.executable} -IS"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_runtime_launcher_runs_the_cli(tmp_path: Path) -> None:
+    write_launchers(str(tmp_path))
+    runtime = str(tmp_path / "dockyard-runtime")
+    p = subprocess.run([runtime, "--version"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("dockyard-runtime version "), p.stdout
+
+
+def test_runtime_launcher_keeps_the_exit_status_and_stderr(tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    write_launchers(str(bindir))
+    root = tmp_path / "state"
+    p = subprocess.run(
+        [str(bindir / "dockyard-runtime"), "--root", str(root), "state", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert p.returncode == 1
+    assert "container 'nope' does not exist" in p.stderr, p.stderr
