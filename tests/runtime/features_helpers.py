@@ -13,8 +13,7 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.conftest import BUSYBOX, new_id
+from tests.runtime.helpers import wait_for
 
 if TYPE_CHECKING:
     from tests.conftest import Bundle, Runtime
@@ -55,14 +55,6 @@ def run_fails(runtime: Runtime, bundle: Bundle) -> str:
     p = runtime.run(bundle, check=False)
     assert p.returncode != 0, f"{runtime.name} accepted the config:\n{p.stdout}{p.stderr}"
     return (p.stderr + p.stdout).lower()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def status_fields(text: str) -> dict[str, str]:
@@ -294,7 +286,7 @@ class Background:
                 )
             return False
 
-        wait_for(ready, timeout, "the container to become ready")
+        wait_for(ready, timeout, what="the container to become ready")
 
     def release(self) -> None:
         (self.bundle.rootfs / "go").touch()

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import Bundle, Runtime, new_id
-from tests.runtime.features_helpers import is_runc, skip_if_runc, wait_for
+from tests.runtime.features_helpers import is_runc, skip_if_runc
+from tests.runtime.helpers import wait_for
 
 CREATE_HOOKS = ["prestart", "createRuntime", "createContainer"]
 ALL_HOOKS = [*CREATE_HOOKS, "startContainer", "poststart", "poststop"]
@@ -76,7 +77,7 @@ def hook_state(bundle: Bundle, name: str) -> dict[str, Any]:
 
 
 def wait_stopped(runtime: Runtime, cid: str) -> None:
-    wait_for(lambda: runtime.state(cid)["status"] == "stopped", 10, f"{cid} to stop")
+    wait_for(lambda: runtime.state(cid)["status"] == "stopped", 10, what=f"{cid} to stop")
 
 
 def cgroup_exists(bundle: Bundle) -> bool:
@@ -196,7 +197,7 @@ def test_hook_timeout_fails_create_and_leaves_nothing(runtime: Runtime, bundle: 
         except FileNotFoundError:
             return True
 
-    wait_for(hook_gone, 5, "the timed out hook to be killed")
+    wait_for(hook_gone, 5, what="the timed out hook to be killed")
 
 
 def test_poststop_failure_does_not_fail_delete(runtime: Runtime, bundle: Bundle) -> None:
