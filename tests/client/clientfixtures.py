@@ -32,6 +32,7 @@ from dockyard.client.client import Client
 from dockyard.client.container import Container
 from dockyard.client.snapshots import DEFAULT_SNAPSHOTTER
 from dockyard.errors import DockyardError, NotFound
+from dockyard.image.images import Image
 from tests.compat import host
 from tests.compat.daemons import private_containerd
 from tests.images import ImageArchive, build_image_archive
@@ -150,6 +151,20 @@ def ns(daemon: Daemon) -> Iterator[Client]:
         finally:
             client.close()
             host.remove_cgroups(name)
+
+
+@pytest.fixture
+def image(ns: Client, daemon: Daemon) -> Image:
+    """The daemon's busybox archive imported into the test's namespace."""
+    [made] = ns.import_image(str(daemon.image.path))
+    return made
+
+
+def spec_for(client: Client, image: Image, cid: str, args: list[str], **kw: Any) -> dict[str, Any]:
+    """Docker's default spec for the image, in a cgroup the teardown finds by namespace."""
+    return client.docker_spec(
+        image, cid, args=args, cgroups_path=f"/{client.namespace}/{cid}", **kw
+    )
 
 
 def empty_namespace(client: Client, snapshotter: str = DEFAULT_SNAPSHOTTER) -> None:

@@ -37,15 +37,16 @@ from dockyard.errors import (
 from dockyard.image.images import Image
 from dockyard.spec.image import MediaType
 from tests.client import clientfixtures
-from tests.client.clientfixtures import Daemon, Shim
+from tests.client.clientfixtures import Daemon, Shim, spec_for
 from tests.compat import host
 from tests.conftest import new_id
 
 # The fixtures of clientfixtures, by name: a daemon of each kind, a clean
-# namespace on it, and the shims to run tasks with.
+# namespace on it, the shims to run tasks with, and the image imported.
 daemon = clientfixtures.daemon
 ns = clientfixtures.ns
 shim = clientfixtures.shim
+image = clientfixtures.image
 
 
 # A bound on every wait for a process, so that a regression fails the test
@@ -55,17 +56,6 @@ WAIT = host.COMMAND_TIMEOUT
 
 def digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def image(ns: Client, daemon: Daemon) -> Image:
-    [made] = ns.import_image(str(daemon.image.path))
-    return made
-
-
-def spec_for(client: Client, image: Image, cid: str, args: list[str]) -> dict[str, object]:
-    """Docker's default spec for the image, in a cgroup the teardown finds by namespace."""
-    return client.docker_spec(image, cid, args=args, cgroups_path=f"/{client.namespace}/{cid}")
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,27 +23,16 @@ from dockyard.errors import DockyardError, NotFound
 from dockyard.image.images import Image
 from dockyard.spec.image import MediaType
 from tests.client import clientfixtures
-from tests.client.clientfixtures import Daemon, Shim
+from tests.client.clientfixtures import Daemon, Shim, spec_for
 from tests.compat import host
 from tests.conftest import new_id
 
 daemon = clientfixtures.daemon
 ns = clientfixtures.ns
 shim = clientfixtures.shim
+image = clientfixtures.image
 
 WAIT = host.COMMAND_TIMEOUT
-
-
-@pytest.fixture
-def image(ns: Client, daemon: Daemon) -> Image:
-    [made] = ns.import_image(str(daemon.image.path))
-    return made
-
-
-def spec_for(client: Client, image: Image, cid: str, args: list[str], **kw: Any) -> dict[str, Any]:
-    return client.docker_spec(
-        image, cid, args=args, cgroups_path=f"/{client.namespace}/{cid}", **kw
-    )
 
 
 def fifo_dirs(daemon: Daemon) -> list[str]:
