@@ -60,14 +60,14 @@ class Container:
         terminal: bool = False,
     ) -> dict[str, Any]:
         """An exec's ``process``: the container's own, with these args (and env, cwd)."""
-        process = copy.deepcopy(self.spec().get("process") or {})
+        process: dict[str, Any] = copy.deepcopy(self.spec().get("process") or {})
         process["args"] = list(args)
         process["terminal"] = terminal
         if env is not None:
             process["env"] = list(env)
         if cwd is not None:
             process["cwd"] = cwd
-        return dict(process)
+        return process
 
     def rootfs(self) -> list[Mount]:
         """The mounts of the container's rootfs snapshot (none if it has none)."""
