@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 from dockyard.client import seccomp_default
 from dockyard.errors import InvalidArgument
 from dockyard.runtime import libc
+from dockyard.runtime.cgroups import detect_mode
 from dockyard.runtime.rootfs import secure_join
 from dockyard.spec.image import ImageConfig, host_platform
 from dockyard.spec.runtime import CAPABILITIES, DOCKER_DEFAULT_CAPABILITIES, OCI_VERSION
@@ -695,10 +696,6 @@ def host_devices(path: str = "/dev") -> list[dict[str, Any]]:
     return out
 
 
-def _cgroup_v2_host() -> bool:
-    return os.path.exists("/sys/fs/cgroup/cgroup.controllers")
-
-
 def _in_user_namespace() -> bool:
     try:
         with open("/proc/self/uid_map") as f:
@@ -850,7 +847,7 @@ def docker_default_spec(
             f"invalid ipc namespace {ipc_namespace!r}: want private, none, host or a path"
         )
     if cgroup_namespace is None:
-        cgroup_namespace = "private" if _cgroup_v2_host() else "host"
+        cgroup_namespace = "private" if detect_mode() == "v2" else "host"
     if cgroup_namespace not in ("private", "host"):
         raise InvalidArgument(
             f"invalid cgroup namespace {cgroup_namespace!r}: want private or host"
