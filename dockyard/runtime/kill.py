@@ -35,7 +35,8 @@ def kill(root: str, cid: str, sig: str = "SIGTERM", all_processes: bool = False)
     s = st.load(root, cid)
     signum = parse_signal(sig)
     status = s.status()
-    if status == st.CREATING or s.pid <= 0:
+    # a pid of 0 (no init yet) is either creating or, its creator dead, stopped
+    if status == st.CREATING:
         raise FailedPrecondition(f"cannot kill container {cid!r}: it is still being created")
     if status == st.STOPPED:
         raise FailedPrecondition(f"cannot kill container {cid!r}: it is not running")
