@@ -612,6 +612,8 @@ def test_create_killed_half_way_can_be_deleted(bundle: Bundle, runtime: Runtime)
                 pass
     st = runtime.state(cid)
     assert st["status"] == "stopped", st
+    p = runtime("kill", cid, "KILL", check=False)
+    assert p.returncode != 0 and "not running" in p.stderr, p.stderr
     runtime("delete", "--force", cid)
     assert state_fails(runtime, cid)
     wait_for(
