@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = load(args.config)
+        # a ttrpc address derived from the gRPC one follows a new --address
+        derived_ttrpc = config.ttrpc_address == config.address + ".ttrpc"
         for flag, attr in (
             ("root", "root"),
             ("state", "state"),
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             value = getattr(args, flag)
             if value:
                 setattr(config, attr, value)
-        if args.address and not (args.config and _file_sets_ttrpc(args.config)):
+        if derived_ttrpc:
             config.ttrpc_address = ""
         config.finish()
         sup = Supervisor(config)
@@ -63,14 +65,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     sup.wait()
     return 0
-
-
-def _file_sets_ttrpc(path: str) -> bool:
-    import tomllib
-
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
-    return bool(data.get("ttrpc", {}).get("address"))
 
 
 if __name__ == "__main__":
