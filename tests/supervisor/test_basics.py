@@ -188,7 +188,6 @@ def test_containers_crud_and_isolation(supervisor: Supervisor) -> None:
             "INVALID_ARGUMENT",
             "identifier",
         ),
-        (cpb.Container(id="x", spec=SPEC), "INVALID_ARGUMENT", "runtime"),
         (
             cpb.Container(id="x", runtime=cpb.Container.Runtime(name="r")),
             "INVALID_ARGUMENT",
@@ -220,6 +219,21 @@ def test_bad_containers_are_refused(
             stub.Create(cpb.CreateContainerRequest(container=bad), metadata=supervisor.md(ns))
         # nothing was recorded, and the daemon still serves
         assert not stub.List(cpb.ListContainersRequest(), metadata=supervisor.md(ns)).containers
+
+
+def test_a_container_without_a_runtime_gets_the_default_runtime(supervisor: Supervisor) -> None:
+    ns = new_namespace()
+    with supervisor.channel() as ch:
+        stub = containers_pb2_grpc.ContainersStub(ch)
+        made = stub.Create(
+            cpb.CreateContainerRequest(container=cpb.Container(id="norun", spec=SPEC)),
+            metadata=supervisor.md(ns),
+        ).container
+        try:
+            # the fixture's supervisor runs with the default --default-runtime
+            assert made.runtime.name == "io.containerd.dockyard.v2"
+        finally:
+            stub.Delete(cpb.DeleteContainerRequest(id="norun"), metadata=supervisor.md(ns))
 
 
 def test_requests_without_namespace_fail_clearly(supervisor: Supervisor) -> None:

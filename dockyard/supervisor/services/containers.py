@@ -123,7 +123,11 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
         self, request: pb.CreateContainerRequest, context: grpc.ServicerContext
     ) -> pb.CreateContainerResponse:
         ns = namespace(context)
-        c = self.meta.create_container(ns, from_message(request.container))
+        record = from_message(request.container)
+        # A client that names no runtime gets the supervisor's default
+        # (--default-runtime); containerd's clients always name one.
+        record.runtime = record.runtime or self.sup.config.default_runtime
+        c = self.meta.create_container(ns, record)
         self.sup.events.publish(
             ns,
             "/containers/create",
