@@ -12,7 +12,8 @@ import os
 import sys
 import threading
 
-from dockyard.errors import AlreadyExists, DockyardError, InvalidArgument, NotFound
+from dockyard.errors import AlreadyExists, DockyardError, NotFound
+from dockyard.identifiers import validate_identifier
 from dockyard.shim import options as opts
 from dockyard.shim.process import Exec, Init, Process
 from dockyard.shim.rootfs import mount_rootfs, unmount_rootfs
@@ -23,21 +24,6 @@ if TYPE_CHECKING:
     from dockyard.shim.reaper import Launcher
     from dockyard.shim.stdio import Stdio
     from dockyard.spec.mount import Mount
-
-
-def validate_id(kind: str, value: str) -> None:
-    """containerd's identifier rules (identifiers.Validate): they name files here."""
-    ok = (
-        0 < len(value) <= 76
-        and value[0].isascii()
-        and value[0].isalnum()
-        and all(c.isascii() and (c.isalnum() or c in "._-") for c in value)
-    )
-    if not ok:
-        raise InvalidArgument(
-            f"{kind} {value!r}: must be 1-76 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
 
 
 def shim_dir() -> str:
@@ -142,7 +128,7 @@ class Container:
         return [self.init, *self.execs()]
 
     def add_exec(self, exec_id: str, stdio: Stdio, spec: dict[str, object]) -> Exec:
-        validate_id("exec id", exec_id)
+        validate_identifier("exec id", exec_id)
         with self._lock:
             if exec_id in self._execs:
                 raise AlreadyExists(f"exec {exec_id} already exists in container {self.id}")

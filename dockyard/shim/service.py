@@ -21,10 +21,11 @@ import threading
 import time
 
 from dockyard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from dockyard.identifiers import validate_identifier
 from dockyard.shim import log
 from dockyard.shim import messages as m
 from dockyard.shim import options as shim_options
-from dockyard.shim.container import Container, validate_id
+from dockyard.shim.container import Container
 from dockyard.shim.messages import timestamp
 from dockyard.shim.process import Exec, Init, Process
 from dockyard.shim.stdio import Stdio
@@ -187,7 +188,7 @@ class TaskService:
     # -- the task API --------------------------------------------------------
 
     def create(self, req: m.CreateTaskRequest, ctx: Context) -> m.CreateTaskResponse:
-        validate_id("container id", req.id)
+        validate_identifier("container id", req.id)
         if req.checkpoint:
             from dockyard.errors import Unsupported
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import re
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -23,30 +22,14 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import timestamp_pb2
 
-from dockyard.errors import DockyardError, FailedPrecondition, InvalidArgument
+from dockyard.errors import DockyardError, FailedPrecondition
+from dockyard.identifiers import validate_identifier
 
 log = logging.getLogger("dockyard.supervisor")
 
 NAMESPACE_KEY = "containerd-namespace"
-# containerd's identifiers rule (identifiers.Validate): dot/dash/underscore
-# separated alphanumerics, at most 76 characters.
-_IDENTIFIER = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
-MAX_IDENTIFIER = 76
 
-
-def validate_identifier(kind: str, value: str) -> str:
-    """``value`` if it is a valid containerd identifier, else InvalidArgument naming ``kind``."""
-    if not value:
-        raise InvalidArgument(f"{kind}: identifier must not be empty")
-    if len(value) > MAX_IDENTIFIER:
-        raise InvalidArgument(
-            f"{kind} {value[:20]!r}...: identifier is longer than {MAX_IDENTIFIER} characters"
-        )
-    if not _IDENTIFIER.fullmatch(value):
-        raise InvalidArgument(
-            f"{kind} {value!r}: identifier must be letters and digits separated by '.', '_' or '-'"
-        )
-    return value
+__all__ = ["validate_identifier"]  # re-exported: the services import it from here
 
 
 def namespace_of(context: grpc.ServicerContext) -> str | None:
