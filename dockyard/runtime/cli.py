@@ -214,6 +214,9 @@ class Cli:
         return 0
 
     def do_exec(self, argv: list[str]) -> int:
+        from dockyard.runtime.cgroups import warm_migration
+
+        warm_migration()
         from dockyard.runtime.exec import ExecOptions, exec_process
 
         p = parse(argv, EXEC_FLAGS, stop_at_positional=True)

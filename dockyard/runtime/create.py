@@ -219,6 +219,10 @@ def create(
         cg.create()
         created_cg = True
         cg.set(cgroup_resources(linux))
+        if "cgroup" not in new:
+            # The kernel's wait before the init's move starts now, behind the
+            # forks; not earlier: it holds off every cgroup mkdir meanwhile.
+            cgroups.warm_migration()
         if opts.console_fd is not None:
             console_fd = os.dup(opts.console_fd)
         elif opts.console_socket:
@@ -253,7 +257,9 @@ def create(
             new=new,
             linux=linux,
             child=lambda c: container_init(ctx, c),
-            before_go=cg.apply,
+            # A new cgroup namespace roots where stage 1 is: stage 1 is moved
+            # first. Otherwise the init is, once it has built the rootfs.
+            before_go=cg.apply if "cgroup" in new else None,
         )
         if console_fd is not None:
             os.close(console_fd)
@@ -264,6 +270,11 @@ def create(
         if proc.get("oomScoreAdj") is not None:
             write_oom_score_adj(init_pid, int(proc["oomScoreAdj"]))
         ch.expect("hooks")
+        if "cgroup" not in new:
+            # Before the hooks see the container and before "ok": the init
+            # runs nothing of the container's until then. Built while the
+            # kernel's wait for this move ran (see warm_migration above).
+            cg.apply(init_pid)
         oci = {
             "ociVersion": cfg.get("ociVersion", OCI_VERSION),
             "id": cid,

@@ -22,7 +22,7 @@ from dockyard.shim.manager import read_address, remove_socket
 from dockyard.shim.publisher import Publisher
 from dockyard.shim.reaper import Reaper
 from dockyard.shim.service import TASK_SERVICE, TaskService
-from dockyard.ttrpc import Server
+from dockyard.ttrpc import Server, favor_latency
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -82,6 +82,7 @@ def _preload() -> None:
 
 
 def serve(flags: Flags) -> int:
+    favor_latency()
     _preload()
     if flags.bundle:
         os.chdir(flags.bundle)

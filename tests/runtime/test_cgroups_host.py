@@ -401,3 +401,39 @@ def test_v2_resources_of_the_available_controllers(v2: Cgroup) -> None:
     assert read(mgr.path, "cgroup.max.depth") == "3"
     st = mgr.stats()
     assert set(st) >= {"cpu", "memory", "pids", "blkio", "hugetlb"}
+
+
+WARM_SCRIPT = """
+import sys, time
+sys.stdin.readline()
+from dockyard.runtime.cgroups import own_cgroups, warm_migration
+before = own_cgroups()
+warm_migration()
+time.sleep(0.5)  # the thread's move (a grace period, some ms) is over
+after = own_cgroups()
+print("same" if after == before else "moved", after.get(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("fixture", ["v1", "v2"])
+def test_warm_migration_leaves_the_process_where_it_is(
+    request: pytest.FixtureRequest, fixture: str
+) -> None:
+    """The move a create starts early to shorten the init's is a move to where
+    the process already is, in every hierarchy."""
+    cg: Cgroup = request.getfixturevalue(fixture)
+    child = subprocess.Popen(
+        [sys.executable, "-c", WARM_SCRIPT, "pids" if fixture == "v1" else ""],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
+    cg.children.append(child)
+    cg.mgr.apply(child.pid)
+    out, _ = child.communicate("go\n", timeout=30)
+    verdict, where = out.split()
+    assert verdict == "same"
+    # still in the test's cgroup, not moved back to where it was started
+    assert where.endswith("/" + os.path.basename(next(iter(cg.mgr.dirs()))))

@@ -228,3 +228,33 @@ def test_poststart_failure_does_not_fail_start(runtime: Runtime, bundle: Bundle)
     runtime("start", cid)
     assert marker.exists()
     wait_stopped(runtime, cid)
+
+
+@pytest.mark.parametrize("stage", ["createRuntime", "createContainer"])
+def test_create_hooks_see_the_init_in_its_cgroup(
+    runtime: Runtime, bundle: Bundle, stage: str
+) -> None:
+    """The init is moved into the container's cgroup before any create hook runs
+    (dockyard moves it while it builds the rootfs, not before)."""
+    out = bundle.path / "hook-cgroup"
+    if stage == "createRuntime":
+        # the runtime's namespace: the init's pid comes with the state
+        script = (
+            "pid=$(sed -n 's/.*\"pid\": *\\([0-9]*\\).*/\\1/p'); "
+            f"cat /proc/$pid/cgroup > {out}"
+        )
+    else:
+        # run by the init itself, before pivot_root: the hook is in its cgroup
+        script = f"cat > /dev/null; cat /proc/self/cgroup > {out}"
+    bundle.config["hooks"] = {stage: [host_hook(script)]}
+    cid = new_id()
+    try:
+        assert create(runtime, bundle, cid).returncode == 0
+        lines = dict(
+            line.split(":", 2)[1:] for line in out.read_text().splitlines() if line.count(":") >= 2
+        )
+        path = bundle.config["linux"]["cgroupsPath"]
+        for controller in ("pids", "memory", "devices", "freezer"):
+            assert lines.get(controller) == path, (controller, lines)
+    finally:
+        runtime("delete", "--force", cid, check=False)

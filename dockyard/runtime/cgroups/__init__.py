@@ -278,6 +278,55 @@ def own_cgroups() -> dict[str, str]:
         return parse_proc_cgroup(f.read())
 
 
+def warm_migration(root: str = DEFAULT_ROOT) -> None:
+    """Start the kernel's wait before a cgroup migration now, in a thread.
+
+    A write to ``cgroup.procs`` takes a lock (cgroup_threadgroup_rwsem) whose
+    first taker waits for an RCU grace period, about 10 ms here; a move made
+    within a grace period of the last one is quick. A thread moves this
+    process into the cgroup it is already in (that changes nothing) while
+    the caller reads the config and makes the container's cgroups, so that
+    the move of the container's process finds the wait over, or shortened.
+    Best effort: any failure is ignored, nothing else is touched. The
+    kernel's ``favordynmods`` and v2's CLONE_INTO_CGROUP make it moot.
+    """
+    try:
+        with open("/proc/self/cgroup") as f:
+            own = parse_proc_cgroup(f.read())
+    except OSError:
+        return
+    candidates = [
+        posixpath.join(base, own[key].lstrip("/"), "cgroup.procs")
+        for key, base in (
+            ("", posixpath.join(root, "unified")),
+            ("", root),
+            ("pids", posixpath.join(root, "pids")),
+            ("name=systemd", posixpath.join(root, "systemd")),
+        )
+        if key in own
+    ]
+    if not candidates:
+        return
+    import _thread
+
+    _thread.start_new_thread(_move_self, (candidates, str(os.getpid()).encode()))
+
+
+def _move_self(candidates: list[str], pid: bytes) -> None:
+    for path in candidates:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            os.write(fd, pid)
+            return
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+
+
 def check_cgroups_path(cgroups_path: str | None) -> None:
     path = cgroups_path or ""
     if ":" in path and "/" not in path:
