@@ -240,8 +240,7 @@ def test_create_hooks_see_the_init_in_its_cgroup(
     if stage == "createRuntime":
         # the runtime's namespace: the init's pid comes with the state
         script = (
-            "pid=$(sed -n 's/.*\"pid\": *\\([0-9]*\\).*/\\1/p'); "
-            f"cat /proc/$pid/cgroup > {out}"
+            f"pid=$(sed -n 's/.*\"pid\": *\\([0-9]*\\).*/\\1/p'); cat /proc/$pid/cgroup > {out}"
         )
     else:
         # run by the init itself, before pivot_root: the hook is in its cgroup
