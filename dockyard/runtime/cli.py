@@ -396,6 +396,13 @@ def _log(glob: Parsed | None, level: str, msg: str) -> None:
         pass
 
 
+def error_message(e: DockyardError | OSError) -> str:
+    """What the runtime reports for an error (its stderr line and log entry)."""
+    if isinstance(e, DockyardError):
+        return str(e)
+    return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     glob: Parsed | None = None
@@ -425,12 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         if glob.get("debug"):
             _log(glob, "debug", f"{cmd} {' '.join(rest)}")
         return handler(rest)
-    except DockyardError as e:
-        msg = str(e)
-        code = e.exit_code
-    except OSError as e:
-        msg = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-        code = 1
+    except (DockyardError, OSError) as e:
+        msg, code = error_message(e), getattr(e, "exit_code", 1)
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # a bug: say so, and keep the traceback for --debug

@@ -41,14 +41,16 @@ def destroy(s: st.ContainerState) -> None:
         run_hooks(cfg, "poststop", oci)
 
 
-def delete(root: str, cid: str, force: bool = False) -> None:
-    try:
-        s = st.load(root, cid)
-    except NotFound:
-        if force:  # a create killed before its first save left only the directory
-            st.remove_dir(os.path.join(root, cid))
-            return
-        raise
+def delete(root: str, cid: str, force: bool = False, s: st.ContainerState | None = None) -> None:
+    """Delete ``cid``; ``s``: its state when the caller has loaded it."""
+    if s is None:
+        try:
+            s = st.load(root, cid)
+        except NotFound:
+            if force:  # a create killed before its first save left only the directory
+                st.remove_dir(os.path.join(root, cid))
+                return
+            raise
     status = s.status()
     if status == st.CREATING:
         raise FailedPrecondition(f"cannot delete container {cid!r}: it is still being created")

@@ -9,8 +9,10 @@ from dockyard.errors import FailedPrecondition, SystemFailure
 from dockyard.runtime import state as st
 
 
-def start(root: str, cid: str) -> None:
-    s = st.load(root, cid)
+def start(root: str, cid: str, s: st.ContainerState | None = None) -> None:
+    """Start ``cid``; ``s``: its state when the caller has loaded it."""
+    if s is None:
+        s = st.load(root, cid)
     status = s.status()
     if status != st.CREATED:
         raise FailedPrecondition(f"cannot start container {cid!r}: it is {status}, not created")

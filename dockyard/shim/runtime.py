@@ -27,6 +27,7 @@ from dockyard.errors import DockyardError, NotFound
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from dockyard.shim.reaper import Command, Launcher
@@ -287,7 +288,52 @@ class RuncCLI(OCIRuntime):
 
 
 class InProcessRuntime(RuncCLI):
-    """dockyard-runtime's CLI run in a fork of the shim (see the module's doc)."""
+    """dockyard-runtime's CLI run in a fork of the shim (see the module's doc).
+
+    ``start`` and ``delete`` run in the calling thread instead, without a
+    fork (about 3 ms each), when the container has no hook for them to run:
+    a hook is a child process, and the shim's reaper would take its exit.
+    Their errors read as the command's would.
+    """
+
+    def start(self, cid: str) -> None:
+        s = self._direct_state(cid, "poststart")
+        if s is None:
+            super().start(cid)
+            return
+        from dockyard.runtime.start import start
+
+        self._direct("OCI runtime start failed", lambda: start(self.root, cid, s))
+
+    def delete(self, cid: str, force: bool = False) -> None:
+        s = self._direct_state(cid, "poststop")
+        if s is None:
+            super().delete(cid, force)
+            return
+        from dockyard.runtime.delete import delete
+
+        self._direct("OCI runtime delete failed", lambda: delete(self.root, cid, force, s))
+
+    def _direct_state(self, cid: str, hook: str) -> Any:
+        """The container's runtime state, or None: run the command (a hook to
+        run, or no state to load, whose error the command reports)."""
+        from dockyard.runtime import state as st
+
+        try:
+            s = st.load(self.root, cid)
+        except (DockyardError, OSError, ValueError):
+            return None
+        if (s.config.get("hooks") or {}).get(hook):
+            return None
+        return s
+
+    def _direct(self, what: str, fn: Callable[[], None]) -> None:
+        from dockyard.runtime.cli import error_message
+
+        try:
+            fn()
+        except (DockyardError, OSError) as e:
+            raise RuntimeFailure(f"{what}: {error_message(e)}") from None
 
     def _start(self, argv: list[str], stdio: ChildStdio) -> Command:
         def run() -> int:

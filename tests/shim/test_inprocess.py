@@ -25,6 +25,7 @@ import dockyard
 from dockyard.api.runtime.task.v2 import shim_pb2 as api
 from dockyard.shim import reaper
 from dockyard.shim.runtime import InProcessRuntime, RuncCLI, new_runtime
+from dockyard.ttrpc import Error, codes
 from tests.conftest import Bundle
 from tests.runtime.helpers import fingerprint
 from tests.runtime.test_proc_exe import ROUNDS, SCANNER, SELF_EXE_SCRIPT
@@ -317,3 +318,35 @@ def test_preload_has_everything_the_runtime_imports(bundle: Bundle, tmp_path: Pa
     lines = dict(line.split(" ", 1) for line in p.stdout.splitlines() if " " in line)
     assert lines["codes"] == "[0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]", p.stdout + p.stderr
     assert lines["late"] == "[]", "imported after the preload: " + lines["late"]
+
+
+@pytest.mark.parametrize("hooks", [False, True], ids=["direct", "hooks"])
+def test_start_and_delete_with_and_without_hooks(
+    shim_env: ShimEnv, started: Started, bundle: Bundle, hooks: bool
+) -> None:
+    """In-process, start and delete run in the shim's thread when the container
+    has no poststart/poststop hook, and in a fork of it when it has: a hook is
+    a child whose exit the shim's reaper would take. Either way the hooks run
+    with their exit seen, and delete leaves no runtime state."""
+    log = shim_env.base / "hook-log"
+    if hooks:
+        bundle.config["hooks"] = {
+            stage: [{"path": "/bin/sh", "args": ["sh", "-c", f"echo {stage} >> {log}"]}]
+            for stage in ("poststart", "poststop")
+        }
+    bundle.set_args("true").write()
+    shim = started(bundle)
+    create(shim, shim_env, bundle)
+    state_dir = shim_env.runtime_root / shim.namespace / shim.id
+    assert state_dir.is_dir()
+    shim.start_task()
+    assert shim.wait().exit_status == 0
+    with pytest.raises(Error) as again:
+        shim.start_task()
+    assert again.value.code == codes.FAILED_PRECONDITION
+    shim.delete()
+    assert not state_dir.exists()
+    if hooks:
+        assert log.read_text().split() == ["poststart", "poststop"]
+    else:
+        assert not log.exists()
