@@ -48,7 +48,10 @@ while [ ! -e /stop ]; do
     for f in /proc/$pid/fd/*; do
       stat -L -c "fd %d %i" "$f" >> /log 2>/dev/null
     done
-    if [ -d /proc/$pid/root/ ] && ! [ /proc/$pid/root/ -ef / ]; then
+    # compared by what stat saw: a process that ends between two tests
+    # would make "! [ root -ef / ]" true without being outside
+    root=$(stat -L -c '%d %i' /proc/$pid/root/ 2>/dev/null)
+    if [ -n "$root" ] && [ "$root" != "$(stat -c '%d %i' /)" ]; then
       echo "root-outside $pid" >> /log
     fi
     ( cd -P /proc/$pid/cwd 2>/dev/null || exit 0
