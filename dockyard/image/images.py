@@ -127,28 +127,38 @@ class ImageStore(Store):
     def update(
         self, namespace: str, image: Image, fieldpaths: Sequence[str] | None = None
     ) -> Image:
-        old = self.get(namespace, image.name)
-        target, labels = old.target, dict(old.labels)
-        paths = fieldpaths or ["target", "labels"]
-        for p in paths:
-            if p == "target":
-                target = image.target
-            elif update_map(labels, image.labels, p, "labels"):
-                pass
-            else:
-                raise InvalidArgument(f"cannot update image field {p!r}")
-        self.db.execute(
-            "UPDATE images SET target = ?, labels = ?, updated = ?"
-            " WHERE namespace = ? AND name = ?",
-            (
-                json.dumps(target.to_json()),
-                json.dumps(labels),
-                time.time_ns(),
-                namespace,
-                image.name,
-            ),
-        )
-        return self.get(namespace, image.name)
+        self._check(namespace, image.name)
+        db = self.db
+        # one read, in the write's transaction: no other update lands in between,
+        # and what is returned is what was written without reading it back
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "SELECT target, labels, created FROM images WHERE namespace = ? AND name = ?",
+                (namespace, image.name),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"image {image.name!r} not found in namespace {namespace!r}")
+            target = Descriptor.from_json(json.loads(row[0]))
+            labels: dict[str, str] = json.loads(row[1])
+            for p in fieldpaths or ["target", "labels"]:
+                if p == "target":
+                    target = image.target
+                elif update_map(labels, image.labels, p, "labels"):
+                    pass
+                else:
+                    raise InvalidArgument(f"cannot update image field {p!r}")
+            now = time.time_ns()
+            db.execute(
+                "UPDATE images SET target = ?, labels = ?, updated = ?"
+                " WHERE namespace = ? AND name = ?",
+                (json.dumps(target.to_json()), json.dumps(labels), now, namespace, image.name),
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return Image(image.name, target, labels, _ts(row[2]), _ts(now))
 
     def delete(self, namespace: str, name: str) -> None:
         self._check(namespace, name)
