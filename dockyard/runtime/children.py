@@ -15,10 +15,13 @@ from dockyard.runtime import state as st
 _NOT_FORWARDED = {signal.SIGCHLD, signal.SIGKILL, signal.SIGSTOP, signal.SIGWINCH}
 
 
-def exit_status(status: int) -> int:
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
+def exit_status(wait_status: int) -> int:
+    """A ``waitpid`` status as containerd reports it: the code, or 128+signal."""
+    if os.WIFSIGNALED(wait_status):
+        return 128 + os.WTERMSIG(wait_status)
+    if os.WIFEXITED(wait_status):
+        return os.WEXITSTATUS(wait_status)
+    return 255
 
 
 def wait_forwarding_signals(pid: int) -> int:

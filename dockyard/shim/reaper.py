@@ -46,15 +46,6 @@ class Exit:
         return f"Exit(pid={self.pid}, status={self.status})"
 
 
-def exit_status(wait_status: int) -> int:
-    """A ``waitpid`` status as containerd reports it: the code, or 128+signal."""
-    if os.WIFSIGNALED(wait_status):
-        return 128 + os.WTERMSIG(wait_status)
-    if os.WIFEXITED(wait_status):
-        return os.WEXITSTATUS(wait_status)
-    return 255
-
-
 def spawn(
     argv: Sequence[str],
     *,
@@ -254,6 +245,8 @@ class DirectLauncher(Launcher):
 class _DirectCommand(Command):
     def wait(self) -> int:
         if not self._done.is_set():
+            from dockyard.runtime.children import exit_status
+
             _, status = os.waitpid(self.pid, 0)
             self._set(exit_status(status))
         return self._status
@@ -298,6 +291,10 @@ class Reaper(Launcher):
 
     def reap(self) -> list[Exit]:
         """Reap every child that has exited (call on SIGCHLD); return what was reaped."""
+        # Imported here, not above: the shim's start command imports this
+        # module (for spawn) and needs none of dockyard-runtime.
+        from dockyard.runtime.children import exit_status
+
         reaped: list[Exit] = []
         while True:
             try:
