@@ -31,7 +31,13 @@ from dockyard.runtime import libc
 from dockyard.runtime.cgroups import detect_mode
 from dockyard.runtime.rootfs import secure_join
 from dockyard.spec.image import ImageConfig, host_platform
-from dockyard.spec.runtime import CAPABILITIES, DOCKER_DEFAULT_CAPABILITIES, OCI_VERSION
+from dockyard.spec.runtime import (
+    CAPABILITIES,
+    DEFAULT_MASKED_PATHS,
+    DEFAULT_READONLY_PATHS,
+    DOCKER_DEFAULT_CAPABILITIES,
+    OCI_VERSION,
+)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHM_SIZE = 64 << 20  # docker run --shm-size's default
@@ -521,7 +527,12 @@ def _clean_cwd(cwd: str) -> str:
 
 
 def default_mounts(shm_size: int = DEFAULT_SHM_SIZE) -> list[dict[str, Any]]:
-    """Docker's default mounts, in its order; ``/dev/shm`` of ``shm_size`` bytes."""
+    """Docker's default mounts, in its order; ``/dev/shm`` of ``shm_size`` bytes.
+
+    Not built from runc spec's (``dockyard.spec.runtime.default_spec``): those
+    come in another order, /proc without options, cgroup with ``relatime``
+    and /dev/shm of a fixed size, so each list follows its reference whole.
+    """
     nodev = ["nosuid", "noexec", "nodev"]
     return [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": list(nodev)},
@@ -561,23 +572,12 @@ def default_mounts(shm_size: int = DEFAULT_SHM_SIZE) -> list[dict[str, Any]]:
     ]
 
 
-READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
-
-# Paths of /proc and /sys that leak host information or let a container touch
-# hardware; each is hidden under an empty tmpfs or /dev/null.
-_MASKED_PATHS = (
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/interrupts",  # interrupt counts per CPU: a side channel
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/sys/devices/virtual/powercap",  # energy counters: a side channel (Platypus)
-    "/sys/firmware",
+# Docker masks what runc spec does and two side channels more: interrupt
+# counts per CPU (/proc/interrupts, moby advisory GHSA-6fw5-f8r9-fgfm) and
+# energy counters (/sys/devices/virtual/powercap, Platypus, GHSA-jq35-85cj-fj4p).
+# moby lists its paths sorted.
+_MASKED_PATHS = tuple(
+    sorted((*DEFAULT_MASKED_PATHS, "/proc/interrupts", "/sys/devices/virtual/powercap"))
 )
 
 
@@ -918,7 +918,7 @@ def docker_default_spec(
         linux["seccomp"] = seccomp_profile(caps, arch)
     if not privileged:
         linux["maskedPaths"] = default_masked_paths()
-        linux["readonlyPaths"] = list(READONLY_PATHS)
+        linux["readonlyPaths"] = list(DEFAULT_READONLY_PATHS)
 
     spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,

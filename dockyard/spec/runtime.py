@@ -812,6 +812,26 @@ _CONFIG = _obj(
 # ---------------------------------------------------------------------------
 # The default spec
 
+# config-linux.md "Masked Paths": paths of /proc and /sys that leak host
+# information or let a container touch hardware; each is hidden under an
+# empty tmpfs or /dev/null. runc spec's list, in its order; Docker's masks
+# more (dockyard.client.oci).
+DEFAULT_MASKED_PATHS = (
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/proc/scsi",
+)
+
+# config-linux.md "Readonly Paths": the same for runc spec and Docker.
+DEFAULT_READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
 
 def default_spec(rootless: bool = False) -> dict[str, Any]:
     """The config that ``runc spec`` (``--rootless``) writes, as a new dict.
@@ -833,19 +853,8 @@ def default_spec(rootless: bool = False) -> dict[str, Any]:
     linux: dict[str, Any] = {
         "resources": {"devices": [{"allow": False, "access": "rwm"}]},
         "namespaces": [],
-        "maskedPaths": [
-            "/proc/acpi",
-            "/proc/asound",
-            "/proc/kcore",
-            "/proc/keys",
-            "/proc/latency_stats",
-            "/proc/timer_list",
-            "/proc/timer_stats",
-            "/proc/sched_debug",
-            "/sys/firmware",
-            "/proc/scsi",
-        ],
-        "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+        "maskedPaths": list(DEFAULT_MASKED_PATHS),
+        "readonlyPaths": list(DEFAULT_READONLY_PATHS),
     }
     if rootless:
         # An unprivileged user can map only itself; a new network namespace
