@@ -156,13 +156,6 @@ class ContentService(content_pb2_grpc.ContentServicer):
             while True:
                 st = w.status()
                 resp = pb.WriteContentResponse(action=req.action, offset=st.offset)
-                if req.expected:
-                    expected = req.expected
-                    if self.store.has(ns, expected):
-                        w.close()
-                        with contextlib.suppress(DockyardError):
-                            self.store.abort(ns, ref)
-                        raise AlreadyExists(f"content {expected}: already exists")
                 if req.total > 0:
                     total = req.total
                 if req.action == pb.STAT:
@@ -192,6 +185,14 @@ class ContentService(content_pb2_grpc.ContentServicer):
                 req = next(it, None)
                 if req is None:
                     return
+                # the first message's expected digest was looked up by writer()
+                if req.expected:
+                    expected = req.expected
+                    if self.store.has(ns, expected):
+                        w.close()
+                        with contextlib.suppress(DockyardError):
+                            self.store.abort(ns, ref)
+                        raise AlreadyExists(f"content {expected}: already exists")
         finally:
             w.close()
 
