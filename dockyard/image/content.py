@@ -124,7 +124,8 @@ def _time(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """Make the entries of directory ``path`` (a rename into it) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -148,7 +149,7 @@ def _write_atomic(path: str, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(d)
+    fsync_dir(d)
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -385,7 +386,7 @@ class Writer:
         except OSError as e:
             raise SystemFailure(f"{what}: move into blobs: {e.strerror or e}") from e
         try:
-            _fsync_dir(os.path.dirname(target))
+            fsync_dir(os.path.dirname(target))
             now = time.time()
             store._write_labels(actual, dict(labels or {}), created_at=now, updated_at=now)
         finally:

@@ -326,14 +326,14 @@ def test_sigkill_right_after_the_rename(store: ContentStore) -> None:
     pid = os.fork()
     if pid == 0:  # pragma: no cover
         try:
-            real = content._fsync_dir
+            real = content.fsync_dir
 
             def fsync_then_die(path: str) -> None:
                 real(path)
                 if os.sep + "blobs" + os.sep in path + os.sep:
                     os.kill(os.getpid(), signal.SIGKILL)
 
-            content._fsync_dir = fsync_then_die
+            content.fsync_dir = fsync_then_die
             w = store.writer("late-kill")
             w.write(data)
             w.commit(labels={"a": "b"})

@@ -284,7 +284,7 @@ def _crash_in_child(root: str, kind: str, where: str) -> None:
                 def die(path: str) -> None:
                     os._exit(3)
 
-                sm._fsync_dir = die
+                sm.fsync_dir = die
             s.prepare("crash", "A")
         finally:
             os._exit(4)

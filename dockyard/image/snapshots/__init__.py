@@ -52,6 +52,7 @@ from dockyard.errors import (
 )
 from dockyard.fieldpaths import update_map
 from dockyard.filters import Getter, map_field, matcher
+from dockyard.image.content import fsync_dir
 from dockyard.image.snapshots.metadata import MetaStore, Record
 from dockyard.spec.mount import Mount
 
@@ -348,7 +349,7 @@ class Snapshotter:
                     _rmtree(self._hide(str(rec.id)))
                 os.rename(tmp, final)
                 try:
-                    _fsync_dir(self.snapshots_dir)
+                    fsync_dir(self.snapshots_dir)
                     mounts = self._mounts(rec, self._meta.chain(rec))
                 except BaseException:
                     os.rename(final, tmp)  # back, while the id is still ours
@@ -395,14 +396,6 @@ def _in_use(path: str) -> bool:
     finally:
         os.close(fd)
     return False
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _rmtree(path: str) -> None:
