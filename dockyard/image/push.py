@@ -21,8 +21,15 @@ from dockyard.image import reference
 from dockyard.image.content import ContentStore
 from dockyard.image.images import ImageStore
 from dockyard.image.registry import Registry
-from dockyard.image.transfer import reachable
-from dockyard.spec.image import INDEX_TYPES, MANIFEST_TYPES, MAX_MANIFEST_SIZE, parse_index
+from dockyard.spec.image import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MAX_MANIFEST_SIZE,
+    Descriptor,
+    check_size,
+    parse_index,
+    parse_manifest,
+)
 
 SOURCE_LABEL_PREFIX = "dockyard.io/distribution.source."
 
@@ -78,12 +85,12 @@ def push(
     host, repo = ref.domain, ref.path
     result = PushResult(str(ref), image.target.digest)
     try:
-        for desc in reachable(content, image.target):
-            is_doc = desc.media_type in MANIFEST_TYPES | INDEX_TYPES
-            if is_doc and desc.digest == image.target.digest:
-                continue  # last, under the tag
-            if is_doc:
-                data = content.read_bytes(desc.digest, max_size=MAX_MANIFEST_SIZE)
+        target_data = None
+        for desc, data in _reachable(content, image.target):
+            if data is not None and desc.digest == image.target.digest:
+                target_data = data  # last, under the tag
+                continue
+            if data is not None:
                 reg.push_manifest(repo, desc.digest, data, desc.media_type)
                 state = "pushed"
             else:
@@ -94,9 +101,12 @@ def push(
             add_source(content, desc.digest, host, repo)
             if progress:
                 progress(desc.digest, state)
-        _check_index_children(reg, content, repo, image.target.media_type, image.target.digest)
-        data = content.read_bytes(image.target.digest, max_size=MAX_MANIFEST_SIZE)
-        reg.push_manifest(repo, ref.tag or image.target.digest, data, image.target.media_type)
+        if target_data is None:  # a target that is neither a manifest nor an index
+            target_data = content.read_bytes(image.target.digest, max_size=MAX_MANIFEST_SIZE)
+        _check_index_children(reg, content, repo, image.target, target_data)
+        reg.push_manifest(
+            repo, ref.tag or image.target.digest, target_data, image.target.media_type
+        )
         add_source(content, image.target.digest, host, repo)
         if progress:
             progress(image.target.digest, "pushed")
@@ -106,20 +116,63 @@ def push(
     return result
 
 
+def _reachable(content: ContentStore, target: Descriptor) -> list[tuple[Descriptor, bytes | None]]:
+    """``transfer.reachable`` (every blob the image needs, children first), with the bytes
+    of each manifest and index, read once: to find its children and to upload it."""
+    out: list[tuple[Descriptor, bytes | None]] = []
+    seen: set[str] = set()
+
+    def visit(desc: Descriptor, optional: bool) -> None:
+        if desc.digest in seen:
+            return
+        data = None
+        if desc.media_type in MANIFEST_TYPES | INDEX_TYPES:
+            if optional and not content.exists(desc.digest):
+                return  # a manifest of another platform, not pulled
+            check_size(desc)
+            if not content.exists(desc.digest):
+                raise NotFound(
+                    f"blob {desc.digest} ({desc.media_type}) is not in the content store"
+                )
+            data = content.read_bytes(desc.digest, max_size=MAX_MANIFEST_SIZE)
+            if desc.media_type in INDEX_TYPES:
+                for child in parse_index(data, desc.media_type).manifests:
+                    visit(child, True)
+            else:
+                manifest = parse_manifest(data, desc.media_type)
+                for blob in (manifest.config, *manifest.layers):
+                    if blob.digest not in seen:
+                        if not content.exists(blob.digest):
+                            raise NotFound(
+                                f"blob {blob.digest} of manifest {desc.digest} is not in the"
+                                " content store: pull the image again"
+                            )
+                        seen.add(blob.digest)
+                        out.append((blob, None))
+        elif not content.exists(desc.digest):
+            if optional:
+                return
+            raise NotFound(f"blob {desc.digest} is not in the content store")
+        seen.add(desc.digest)
+        out.append((desc, data))
+
+    visit(target, False)
+    return out
+
+
 def _check_index_children(
-    reg: Registry, content: ContentStore, repo: str, media_type: str, digest: str
+    reg: Registry, content: ContentStore, repo: str, target: Descriptor, data: bytes
 ) -> None:
     """An index whose manifests are neither local nor in the repository cannot be pushed."""
-    if media_type not in INDEX_TYPES:
+    if target.media_type not in INDEX_TYPES:
         return
-    index = parse_index(content.read_bytes(digest, max_size=MAX_MANIFEST_SIZE), media_type)
-    for child in index.manifests:
+    for child in parse_index(data, target.media_type).manifests:
         if content.exists(child.digest):
             continue
         try:
             reg.resolve(repo, child.digest)
         except NotFound:
             raise NotFound(
-                f"push index {digest}: manifest {child.digest} ({child.platform}) is neither"
-                f" in the content store nor in {reg.host}/{repo}"
+                f"push index {target.digest}: manifest {child.digest} ({child.platform}) is"
+                f" neither in the content store nor in {reg.host}/{repo}"
             ) from None
