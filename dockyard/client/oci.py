@@ -696,15 +696,6 @@ def host_devices(path: str = "/dev") -> list[dict[str, Any]]:
     return out
 
 
-def _in_user_namespace() -> bool:
-    try:
-        with open("/proc/self/uid_map") as f:
-            fields = f.read().split()
-    except OSError:
-        return False
-    return fields != ["0", "0", "4294967295"]
-
-
 def default_network_sysctls(user_namespace: bool = False) -> dict[str, str]:
     """The sysctls Docker sets in a container's own network namespace, those
     this kernel has: ping without CAP_NET_RAW, and ports below 1024 without
@@ -713,7 +704,7 @@ def default_network_sysctls(user_namespace: bool = False) -> dict[str, str]:
     # A user namespace can not open ping sockets for every group.
     if (
         not user_namespace
-        and not _in_user_namespace()
+        and not libc.in_user_namespace()
         and os.path.exists("/proc/sys/net/ipv4/ping_group_range")
     ):
         out["net.ipv4.ping_group_range"] = f"0 {MAX_ID}"

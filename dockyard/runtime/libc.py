@@ -165,6 +165,20 @@ def setns(fd: int, nstype: int = 0) -> None:
     _check(_libc.setns(fd, nstype), "setns")
 
 
+def in_user_namespace() -> bool:
+    """Whether this process is in a user namespace other than the initial one.
+
+    The initial one maps all 2**32 - 1 ids onto themselves (user_namespaces(7));
+    runc's userns.RunningInUserNS reads it the same way. False when
+    /proc/self/uid_map can not be read.
+    """
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() != ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
 def pivot_root(new_root: str, put_old: str) -> None:
     _check(
         _libc.syscall(SYS["pivot_root"], _b(new_root), _b(put_old)),

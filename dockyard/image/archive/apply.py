@@ -28,6 +28,7 @@ from typing import BinaryIO, Literal, cast
 from dockyard.errors import DockyardError, InvalidArgument, SystemFailure
 from dockyard.image.archive import compression as _comp
 from dockyard.image.archive._root import Root, clean, lstat_at, proc_path, remove_at, split
+from dockyard.runtime import libc
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_META_PREFIX = ".wh..wh."
@@ -411,14 +412,6 @@ def _mtime_ns(ti: tarfile.TarInfo) -> int:
     return round(m * 1_000_000_000) if isinstance(m, float) else int(m) * 1_000_000_000
 
 
-def _in_user_namespace() -> bool:
-    try:
-        with open("/proc/self/uid_map") as f:
-            return f.read().split() != ["0", "0", "4294967295"]
-    except OSError:
-        return False
-
-
 def _is_overlay_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
@@ -648,7 +641,7 @@ class _Applier:
             try:
                 os.mknod(base, kind | 0o600, os.makedev(m.devmajor, m.devminor), dir_fd=pfd)
             except PermissionError:
-                if _in_user_namespace():
+                if libc.in_user_namespace():
                     return  # as containerd: device nodes cannot be made there; skip them
                 raise
         self.metadata(m, None, pfd, base)

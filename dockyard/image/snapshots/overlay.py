@@ -38,14 +38,6 @@ from dockyard.spec.mount import Mount
 MAX_LAYERS = 500
 
 
-def _in_initial_userns() -> bool:
-    try:
-        with open("/proc/self/uid_map") as f:
-            return f.read().split() == ["0", "0", "4294967295"]
-    except OSError:
-        return True
-
-
 def check_overlay(root: str) -> None:
     """Raise Unsupported unless an overlay with two lowers mounts on ``root``'s filesystem."""
     try:
@@ -58,7 +50,7 @@ def check_overlay(root: str) -> None:
         for d in ("l1", "l2", "u", "w", "m"):
             os.mkdir(os.path.join(probe, d))
         data = f"lowerdir={probe}/l1:{probe}/l2,upperdir={probe}/u,workdir={probe}/w" + (
-            "" if _in_initial_userns() else ",userxattr"
+            ",userxattr" if libc.in_user_namespace() else ""
         )
         try:
             libc.mount("overlay", f"{probe}/m", "overlay", 0, data)
@@ -81,7 +73,7 @@ class OverlaySnapshotter(Snapshotter):
             self.close()
             raise
         self._extra = ["index=off"]
-        if not _in_initial_userns():
+        if libc.in_user_namespace():
             self._extra.append("userxattr")
 
     def _populate(self, path: str, kind: Kind, parent: Record | None) -> None:
