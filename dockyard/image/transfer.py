@@ -50,6 +50,7 @@ from typing import IO, Any
 
 from dockyard.errors import AlreadyExists, InvalidArgument, NotFound
 from dockyard.image import reference
+from dockyard.image.archive._root import fold_dots
 from dockyard.image.archive.compression import NONE, decompressed
 from dockyard.image.content import ContentStore, Writer
 from dockyard.image.images import Image, ImageStore
@@ -372,15 +373,10 @@ def _clean_name(name: str, what: str) -> str:
     """A member name relative to the archive's root; refuses escapes."""
     if name.startswith("/") or "\\" in name or "\0" in name:
         raise InvalidArgument(f"{what}: refused member {name!r}: absolute or odd path")
-    parts: list[str] = []
-    for part in name.split("/"):
-        if part == "..":
-            if not parts:
-                raise InvalidArgument(f"{what}: refused member {name!r}: path leaves the archive")
-            parts.pop()
-        elif part not in ("", "."):
-            parts.append(part)
-    return "/".join(parts)
+    rel = fold_dots(name)
+    if rel is None:
+        raise InvalidArgument(f"{what}: refused member {name!r}: path leaves the archive")
+    return rel
 
 
 @dataclass

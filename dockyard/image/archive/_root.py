@@ -24,27 +24,41 @@ _RESOLVE = libc.RESOLVE_IN_ROOT | libc.RESOLVE_NO_MAGICLINKS
 _DIR_PATH = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def clean(name: str, what: str = "entry") -> str:
-    """A tar member name as a path relative to the root ("" is the root itself).
+def fold_dots(name: str) -> str | None:
+    """An archive member's path relative to the archive's root ("" is the root
+    itself), or None if a ``..`` in it climbs above the root.
 
-    ``.`` components are dropped and inner ``..`` folded, as containerd does;
-    a name whose ``..`` climbs above the root is refused, and so is an
-    absolute entry name (bad input: layers hold paths relative to the root).
-    An absolute hardlink target is taken relative to the root.
+    Empty and ``.`` components are dropped and each inner ``..`` folded into
+    the component before it, as containerd does. A leading ``/`` is dropped
+    too: whether an absolute name is allowed is the caller's decision.
     """
-    if what == "entry" and name.startswith("/"):
-        raise InvalidArgument(f"layer {what} {name!r}: absolute path")
     parts: list[str] = []
     for part in name.split("/"):
         if part in ("", "."):
             continue
         if part == "..":
             if not parts:
-                raise InvalidArgument(f"layer {what} {name!r}: path leaves the root")
+                return None
             parts.pop()
             continue
         parts.append(part)
     return "/".join(parts)
+
+
+def clean(name: str, what: str = "entry") -> str:
+    """A tar member name as a path relative to the root ("" is the root itself).
+
+    ``..`` is folded (``fold_dots``); a name whose ``..`` climbs above the
+    root is refused, and so is an absolute entry name (bad input: layers hold
+    paths relative to the root). An absolute hardlink target is taken
+    relative to the root.
+    """
+    if what == "entry" and name.startswith("/"):
+        raise InvalidArgument(f"layer {what} {name!r}: absolute path")
+    rel = fold_dots(name)
+    if rel is None:
+        raise InvalidArgument(f"layer {what} {name!r}: path leaves the root")
+    return rel
 
 
 class DirInfo(NamedTuple):
