@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import timestamp_pb2
 
+from dockyard.api.convert import from_timestamp, to_timestamp
 from dockyard.errors import (
     AlreadyExists,
     DockyardError,
@@ -32,6 +31,9 @@ from dockyard.errors import (
 
 NAMESPACE_KEY = "containerd-namespace"
 LEASE_KEY = "containerd-lease"
+
+# re-exported: the service wrappers import the timestamp conversions from here
+__all__ = ["from_timestamp", "to_timestamp"]
 
 # containerd's client takes up to 16 MiB per message either way (its
 # defaults.DefaultMaxRecvMsgSize / DefaultMaxSendMsgSize).
@@ -67,20 +69,6 @@ def from_grpc(err: grpc.RpcError, what: str = "") -> DockyardError:
         message = f"{what}: {code.name.lower().replace('_', ' ')}: {message}"
     cls = _ERRORS.get(code, SystemFailure)
     return cls(message)
-
-
-def from_timestamp(ts: timestamp_pb2.Timestamp) -> datetime | None:
-    """A protobuf timestamp as an aware UTC datetime; None when unset (zero)."""
-    if ts.seconds == 0 and ts.nanos == 0:
-        return None
-    return ts.ToDatetime(tzinfo=UTC)
-
-
-def to_timestamp(t: datetime | None) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    if t is not None:
-        ts.FromDatetime(t.astimezone(UTC))
-    return ts
 
 
 _T = TypeVar("_T")

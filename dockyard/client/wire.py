@@ -1,9 +1,8 @@
 """Conversions between the wire messages and the spec types the engine uses.
 
 A descriptor is ``dockyard.spec.image.Descriptor`` and a mount is
-``dockyard.spec.mount.Mount`` on this side; containerd's
-``types.Descriptor`` carries no platform, urls or data, so those do not
-travel.
+``dockyard.spec.mount.Mount`` on this side. The descriptor's conversions are
+the API's own (``dockyard.api.convert``), shared with the supervisor.
 """
 
 from __future__ import annotations
@@ -14,28 +13,23 @@ from google.protobuf import any_pb2, field_mask_pb2
 from google.protobuf.message import Message
 
 from dockyard.api import typeurl
-from dockyard.api.types import descriptor_pb2, mount_pb2
+from dockyard.api.convert import descriptor_from_proto, descriptor_to_proto
+from dockyard.api.types import mount_pb2
 from dockyard.errors import NotFound
-from dockyard.spec.image import Descriptor
 from dockyard.spec.mount import Mount
 
-
-def descriptor_to_proto(desc: Descriptor) -> descriptor_pb2.Descriptor:
-    return descriptor_pb2.Descriptor(
-        media_type=desc.media_type,
-        digest=desc.digest,
-        size=desc.size,
-        annotations=dict(desc.annotations),
-    )
-
-
-def descriptor_from_proto(msg: descriptor_pb2.Descriptor) -> Descriptor:
-    return Descriptor(
-        media_type=msg.media_type,
-        digest=msg.digest,
-        size=msg.size,
-        annotations=dict(msg.annotations),
-    )
+# the descriptor's two are re-exported: the service wrappers import every conversion from here
+__all__ = [
+    "descriptor_from_proto",
+    "descriptor_to_proto",
+    "field_mask",
+    "label_paths",
+    "mount_from_proto",
+    "mount_to_proto",
+    "mounts_from_proto",
+    "pack_any",
+    "unpack_any",
+]
 
 
 def mount_to_proto(m: Mount) -> mount_pb2.Mount:

@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 
+from dockyard.api.convert import from_unix_nanos
 from dockyard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from dockyard.fieldpaths import update_labels
 from dockyard.filters import matcher
@@ -68,13 +69,11 @@ class OutOfRange(InvalidArgument):
     grpc_code = "OUT_OF_RANGE"
 
 
-def _time(ns: int) -> datetime:
-    return datetime.fromtimestamp(ns / 1e9, UTC)
-
-
 def _info(digest: str, size: int, labels: str, created: int, updated: int) -> Info:
     """A row of the ``content`` table (its columns in order) as an ``Info``."""
-    return Info(digest, size, _time(created), _time(updated), json.loads(labels))
+    return Info(
+        digest, size, from_unix_nanos(created), from_unix_nanos(updated), json.loads(labels)
+    )
 
 
 def check_digest(digest: str, what: str = "digest") -> str:
@@ -161,7 +160,7 @@ class NamespacedContent:
                 "UPDATE content SET labels = ?, updated = ? WHERE namespace = ? AND digest = ?",
                 (json.dumps(new, sort_keys=True), now, ns, digest),
             )
-        return Info(digest, old.size, old.created_at, _time(now), new)
+        return Info(digest, old.size, old.created_at, from_unix_nanos(now), new)
 
     def remove(self, ns: str, digest: str) -> None:
         """Take ``digest`` out of ``ns`` (the blob goes with the next gc if no one else has it)."""

@@ -7,7 +7,9 @@
   never takes the daemon down.
 - ``batches``: a streamed list in messages of at most 100 entries, as
   containerd sends them.
-- timestamp conversions between ``datetime`` and protobuf's Timestamp.
+
+The timestamp conversions are the API's (``dockyard.api.convert``), shared
+with the client; the services import them from here too.
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import timestamp_pb2
 
+from dockyard.api.convert import now_timestamp, to_timestamp
 from dockyard.errors import DockyardError, FailedPrecondition
 from dockyard.identifiers import validate_identifier
 
@@ -29,7 +30,8 @@ log = logging.getLogger("dockyard.supervisor")
 
 NAMESPACE_KEY = "containerd-namespace"
 
-__all__ = ["validate_identifier"]  # re-exported: the services import it from here
+# re-exported: the services import them from here
+__all__ = ["now_timestamp", "to_timestamp", "validate_identifier"]
 
 
 def namespace_of(context: grpc.ServicerContext) -> str | None:
@@ -110,20 +112,3 @@ def _aborted(context: grpc.ServicerContext) -> bool:
     # a handler that aborted itself must not be turned into INTERNAL.
     code = context.code()
     return code is not None and code != grpc.StatusCode.OK
-
-
-def to_timestamp(t: datetime | None) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    if t is not None:
-        ts.FromDatetime(t.astimezone(UTC))
-    return ts
-
-
-def from_timestamp(ts: timestamp_pb2.Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
-
-
-def now_timestamp() -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.GetCurrentTime()
-    return ts

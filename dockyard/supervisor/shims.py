@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from google.protobuf import any_pb2, empty_pb2
 from google.protobuf.message import DecodeError, Message
 
+from dockyard.api.convert import from_timestamp
 from dockyard.api.events import task_pb2 as task_events
 from dockyard.api.runtime.task.v2 import shim_pb2
 from dockyard.api.types import mount_pb2
@@ -880,7 +881,7 @@ class ShimManager:
         self._remove(shim)
         if shim_error is not None or resp is None:
             raise shim_error or SystemFailure(f"delete task {cid}: no answer")
-        return Exit(int(resp.pid), int(resp.exit_status), _time(resp.exited_at))
+        return Exit(int(resp.pid), int(resp.exit_status), from_timestamp(resp.exited_at))
 
     def _shutdown(self, shim: Shim) -> None:
         """Ask the shim to exit, and give it the time to: its bundle (where it
@@ -958,7 +959,7 @@ class ShimManager:
                 CLEANUP_TIMEOUT,
             )
             resp = shim_pb2.DeleteResponse.FromString(out)
-            exit_ = Exit(int(resp.pid), int(resp.exit_status), _time(resp.exited_at))
+            exit_ = Exit(int(resp.pid), int(resp.exit_status), from_timestamp(resp.exited_at))
         except (DockyardError, DecodeError) as e:
             log.warning("clean up after shim of task %s/%s: %s", shim.namespace, shim.id, e)
             exit_ = Exit(0, DEAD_SHIM_STATUS, _now())
@@ -1161,10 +1162,3 @@ def _shim_address(output: str) -> str:
     if not text or "\n" in text:
         raise SystemFailure(f"shim start printed no address: {text[:200]!r}")
     return text
-
-
-def _time(ts: Any) -> datetime | None:
-    if ts is None or (ts.seconds == 0 and ts.nanos == 0):
-        return None
-    when: datetime = ts.ToDatetime(tzinfo=UTC)
-    return when

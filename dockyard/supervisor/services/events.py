@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC
 from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import empty_pb2
 
+from dockyard.api.convert import to_timestamp
 from dockyard.api.services.events.v1 import events_pb2 as pb
 from dockyard.api.services.events.v1 import events_pb2_grpc
 from dockyard.errors import InvalidArgument
 from dockyard.supervisor.events import Envelope, matcher
-from dockyard.supervisor.grpcutil import from_timestamp, namespace, rpc, to_timestamp
+from dockyard.supervisor.grpcutil import namespace, rpc
 
 if TYPE_CHECKING:
     from dockyard.supervisor.daemon import Supervisor
@@ -32,7 +34,7 @@ def from_message(msg: pb.Envelope) -> Envelope:
         raise InvalidArgument("forwarded event: envelope has no namespace")
     if not msg.HasField("event"):
         raise InvalidArgument(f"forwarded event {msg.topic!r}: envelope has no event")
-    return Envelope(from_timestamp(msg.timestamp), msg.namespace, msg.topic, msg.event)
+    return Envelope(msg.timestamp.ToDatetime(tzinfo=UTC), msg.namespace, msg.topic, msg.event)
 
 
 class EventsService(events_pb2_grpc.EventsServicer):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import grpc
 from google.protobuf import empty_pb2
 
+from dockyard.api.convert import descriptor_from_proto, descriptor_to_proto, to_timestamp
 from dockyard.api.events import image_pb2 as events
 from dockyard.api.services.images.v1 import images_pb2 as pb
 from dockyard.api.services.images.v1 import images_pb2_grpc
@@ -25,7 +26,7 @@ from dockyard.fieldpaths import update_labels, update_map
 from dockyard.filters import Getter, map_field, matcher
 from dockyard.image.images import Image
 from dockyard.spec.image import Descriptor, parse_digest
-from dockyard.supervisor.grpcutil import namespace, rpc, to_timestamp
+from dockyard.supervisor.grpcutil import namespace, rpc
 
 if TYPE_CHECKING:
     from dockyard.supervisor.daemon import Supervisor
@@ -38,20 +39,14 @@ def descriptor(d: descriptor_pb2.Descriptor, what: str) -> Descriptor:
         raise InvalidArgument(f"{what}: target size must be greater than zero")
     if not d.media_type:
         raise InvalidArgument(f"{what}: target media type must be set")
-    return Descriptor(d.media_type, d.digest, d.size, annotations=dict(d.annotations))
-
-
-def descriptor_message(d: Descriptor) -> descriptor_pb2.Descriptor:
-    return descriptor_pb2.Descriptor(
-        media_type=d.media_type, digest=d.digest, size=d.size, annotations=dict(d.annotations)
-    )
+    return descriptor_from_proto(d)
 
 
 def _message(image: Image) -> pb.Image:
     return pb.Image(
         name=image.name,
         labels=image.labels,
-        target=descriptor_message(image.target),
+        target=descriptor_to_proto(image.target),
         created_at=to_timestamp(image.created_at),
         updated_at=to_timestamp(image.updated_at),
     )

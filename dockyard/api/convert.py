@@ -1,0 +1,71 @@
+"""Conversions between API messages and dockyard's values, for both ends of the API.
+
+The client library and the supervisor both turn protobuf's ``Timestamp``
+into a ``datetime`` and containerd's ``types.Descriptor`` into the image
+library's ``Descriptor``; this module is the one place that does it.
+
+- Times are aware UTC datetimes. An unset Timestamp (zero: proto3 cannot
+  tell it from the epoch) is ``None``, and ``None`` is sent as unset.
+- containerd's ``Descriptor`` carries a media type, digest, size and
+  annotations only: a descriptor's urls, platform and data do not travel.
+  Checking a descriptor that came in a request is the receiver's business.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+
+from dockyard.api.types import descriptor_pb2
+from dockyard.spec.image import Descriptor
+
+NANOSECONDS = 1_000_000_000
+
+
+def to_timestamp(t: datetime | None) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    if t is not None:
+        ts.FromDatetime(t.astimezone(UTC))
+    return ts
+
+
+def from_timestamp(ts: timestamp_pb2.Timestamp) -> datetime | None:
+    """``ts`` as an aware UTC datetime; None when unset (zero)."""
+    if ts.seconds == 0 and ts.nanos == 0:
+        return None
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def now_timestamp() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+def from_unix_nanos(ns: int) -> datetime:
+    """Nanoseconds since the epoch, as the stores keep times, as an aware UTC datetime.
+
+    Truncated to the microsecond, as ``Timestamp.ToDatetime`` truncates, in
+    integers: a float of today's nanoseconds is off by a few hundred of them.
+    """
+    seconds, rest = divmod(ns, NANOSECONDS)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest // 1000)
+
+
+def descriptor_to_proto(desc: Descriptor) -> descriptor_pb2.Descriptor:
+    return descriptor_pb2.Descriptor(
+        media_type=desc.media_type,
+        digest=desc.digest,
+        size=desc.size,
+        annotations=dict(desc.annotations),
+    )
+
+
+def descriptor_from_proto(msg: descriptor_pb2.Descriptor) -> Descriptor:
+    return Descriptor(
+        media_type=msg.media_type,
+        digest=msg.digest,
+        size=msg.size,
+        annotations=dict(msg.annotations),
+    )
