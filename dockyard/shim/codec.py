@@ -20,6 +20,17 @@ descriptors of dockyard.api by the tests.
 
 from __future__ import annotations
 
+from dockyard.varint import (
+    FIXED32,
+    FIXED64,
+    LEN,
+    VARINT,
+    DecodeError,
+    put_len,
+    put_varint,
+    read_varint,
+)
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, ClassVar, TypeVar
@@ -34,16 +45,6 @@ UINT = "uint"  # uint32, uint64 and enums: an unsigned varint
 INT = "int"  # int32, int64: a two's complement varint
 MESSAGE = "message"
 MAP = "map"  # map<string, string>
-
-_VARINT = 0
-_FIXED64 = 1
-_LEN = 2
-_FIXED32 = 5
-_U64 = (1 << 64) - 1
-
-
-class DecodeError(ValueError):
-    """The bytes are not a valid encoding of the message."""
 
 
 class Field:
@@ -74,54 +75,22 @@ def field(number: int, kind: str, cls: type[Message] | None = None, repeated: bo
 # -- the wire format ---------------------------------------------------------------
 
 
-def _varint(value: int) -> bytes:
-    value &= _U64
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if pos >= len(data):
-            raise DecodeError("truncated varint")
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result & _U64, pos
-        shift += 7
-        if shift >= 70:
-            raise DecodeError("varint too long")
-
-
-def _key(number: int, wire: int) -> bytes:
-    return _varint(number << 3 | wire)
-
-
-def _len_delimited(number: int, payload: bytes) -> bytes:
-    return _key(number, _LEN) + _varint(len(payload)) + payload
-
-
 def _scalar_varint(kind: str, value: Any) -> int:
     if kind == BOOL:
         return 1 if value else 0
     return int(value)
 
 
-def _encode_one(f: Field, value: Any) -> bytes:
+def _put_one(out: bytearray, f: Field, value: Any) -> None:
     if f.kind == STRING:
-        return _len_delimited(f.number, value.encode())
-    if f.kind == BYTES:
-        return _len_delimited(f.number, bytes(value))
-    if f.kind == MESSAGE:
-        return _len_delimited(f.number, value.SerializeToString())
-    return _key(f.number, _VARINT) + _varint(_scalar_varint(f.kind, value))
+        put_len(out, f.number, value.encode())
+    elif f.kind == BYTES:
+        put_len(out, f.number, bytes(value))
+    elif f.kind == MESSAGE:
+        put_len(out, f.number, value.SerializeToString())
+    else:
+        put_varint(out, f.number << 3 | VARINT)
+        put_varint(out, _scalar_varint(f.kind, value))
 
 
 def _signed(value: int) -> int:
@@ -188,20 +157,22 @@ class Message:
                     continue
                 if f.kind in (UINT, INT, BOOL):
                     # proto3 packs repeated scalars
-                    packed = b"".join(_varint(_scalar_varint(f.kind, v)) for v in value)
-                    out += _len_delimited(f.number, packed)
+                    packed = bytearray()
+                    for v in value:
+                        put_varint(packed, _scalar_varint(f.kind, v))
+                    put_len(out, f.number, packed)
                 else:
                     for item in value:
-                        out += _encode_one(f, item)
+                        _put_one(out, f, item)
             elif f.kind == MAP:
                 for k, v in value.items():
                     entry = _MapEntry(key=str(k), value=str(v))
-                    out += _len_delimited(f.number, entry.SerializeToString())
+                    put_len(out, f.number, entry.SerializeToString())
             elif f.kind == MESSAGE:
                 if value is not None:
-                    out += _encode_one(f, value)
+                    _put_one(out, f, value)
             elif value:
-                out += _encode_one(f, value)
+                _put_one(out, f, value)
         return bytes(out)
 
     @classmethod
@@ -214,24 +185,24 @@ class Message:
         pos = 0
         end = len(data)
         while pos < end:
-            key, pos = _read_varint(data, pos)
+            key, pos = read_varint(data, pos)
             number, wire = key >> 3, key & 7
             if number == 0:
                 raise DecodeError("field number 0")
-            if wire == _VARINT:
-                value, pos = _read_varint(data, pos)
+            if wire == VARINT:
+                value, pos = read_varint(data, pos)
                 payload = None
-            elif wire == _LEN:
-                length, pos = _read_varint(data, pos)
+            elif wire == LEN:
+                length, pos = read_varint(data, pos)
                 if pos + length > end:
                     raise DecodeError("truncated field")
                 payload = data[pos : pos + length]
                 pos += length
                 value = 0
-            elif wire == _FIXED64:
+            elif wire == FIXED64:
                 pos += 8
                 payload, value = None, 0
-            elif wire == _FIXED32:
+            elif wire == FIXED32:
                 pos += 4
                 payload, value = None, 0
             else:
@@ -246,12 +217,12 @@ class Message:
     def _set(self, f: Field, wire: int, value: int, payload: bytes | None) -> None:
         if f.kind in (UINT, INT, BOOL):
             values: list[int]
-            if wire == _VARINT:
+            if wire == VARINT:
                 values = [value]
-            elif wire == _LEN and f.repeated and payload is not None:
+            elif wire == LEN and f.repeated and payload is not None:
                 values, pos = [], 0
                 while pos < len(payload):
-                    v, pos = _read_varint(payload, pos)
+                    v, pos = read_varint(payload, pos)
                     values.append(v)
             else:
                 raise DecodeError(f"field {f.name}: wrong wire type {wire}")
@@ -263,7 +234,7 @@ class Message:
             else:
                 setattr(self, f.name, converted[-1])
             return
-        if wire != _LEN or payload is None:
+        if wire != LEN or payload is None:
             raise DecodeError(f"field {f.name}: wrong wire type {wire}")
         item: Any
         if f.kind == STRING:

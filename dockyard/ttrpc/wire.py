@@ -25,6 +25,17 @@ from __future__ import annotations
 import _socket
 import struct
 
+from dockyard.varint import (
+    FIXED32,
+    FIXED64,
+    LEN,
+    VARINT,
+    DecodeError,
+    put_len,
+    put_varint,
+    read_varint,
+)
+
 HEADER = struct.Struct(">IIBB")
 HEADER_SIZE = HEADER.size  # 10
 # The largest frame data either side accepts (ttrpc's messageLengthMax).
@@ -32,18 +43,6 @@ MESSAGE_LENGTH_MAX = 4 << 20
 
 TYPE_REQUEST = 1
 TYPE_RESPONSE = 2
-
-_MASK64 = (1 << 64) - 1
-
-# Protobuf wire types.
-_VARINT = 0
-_FIXED64 = 1
-_BYTES = 2
-_FIXED32 = 5
-
-
-class DecodeError(ValueError):
-    """A frame's data is not a well-formed envelope message."""
 
 
 class Request:
@@ -87,25 +86,13 @@ class Response:
 # --- encoding ---------------------------------------------------------------
 
 
-def _put_varint(out: bytearray, value: int) -> None:
-    value &= _MASK64  # negative int32/int64 go out as ten-byte two's complement
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
+def _put_bytes(out: bytearray, number: int, data: bytes) -> None:
+    """A proto3 string/bytes field: omitted when empty, as Go's encoder does.
 
-
-def _put_len(out: bytearray, key: int, data: bytes) -> None:
-    """A length-delimited field, always written (embedded messages, repeated items)."""
-    out.append(key)
-    _put_varint(out, len(data))
-    out += data
-
-
-def _put_bytes(out: bytearray, key: int, data: bytes) -> None:
-    """A proto3 string/bytes field: omitted when empty, as Go's encoder does."""
+    (Embedded messages and repeated items go through put_len: always written.)
+    """
     if data:
-        _put_len(out, key, data)
+        put_len(out, number, data)
 
 
 def _text(s: str) -> bytes:
@@ -118,56 +105,39 @@ def _text(s: str) -> bytes:
 
 def encode_request(req: Request) -> bytes:
     out = bytearray()
-    _put_bytes(out, 0x0A, _text(req.service))
-    _put_bytes(out, 0x12, _text(req.method))
-    _put_bytes(out, 0x1A, req.payload)
+    _put_bytes(out, 1, _text(req.service))
+    _put_bytes(out, 2, _text(req.method))
+    _put_bytes(out, 3, req.payload)
     if req.timeout_nano:
-        out.append(0x20)
-        _put_varint(out, req.timeout_nano)
+        out.append(4 << 3 | VARINT)  # the key, one byte
+        put_varint(out, req.timeout_nano)
     for key, value in req.metadata:
         kv = bytearray()
-        _put_bytes(kv, 0x0A, _text(key))
-        _put_bytes(kv, 0x12, _text(value))
-        _put_len(out, 0x2A, bytes(kv))
+        _put_bytes(kv, 1, _text(key))
+        _put_bytes(kv, 2, _text(value))
+        put_len(out, 5, kv)
     return bytes(out)
 
 
 def encode_response(resp: Response) -> bytes:
     status = bytearray()
     if resp.code:
-        status.append(0x08)
-        _put_varint(status, resp.code)
-    _put_bytes(status, 0x12, _text(resp.message))
+        status.append(1 << 3 | VARINT)  # the key, one byte
+        put_varint(status, resp.code)
+    _put_bytes(status, 2, _text(resp.message))
     for type_url, value in resp.details:
         any_ = bytearray()
-        _put_bytes(any_, 0x0A, _text(type_url))
-        _put_bytes(any_, 0x12, value)
-        _put_len(status, 0x1A, bytes(any_))
+        _put_bytes(any_, 1, _text(type_url))
+        _put_bytes(any_, 2, value)
+        put_len(status, 3, any_)
     out = bytearray()
     # Go's server always sets the status, an empty message for OK; so do we.
-    _put_len(out, 0x0A, bytes(status))
-    _put_bytes(out, 0x12, resp.payload)
+    put_len(out, 1, status)
+    _put_bytes(out, 2, resp.payload)
     return bytes(out)
 
 
 # --- decoding ---------------------------------------------------------------
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    end = len(data)
-    while True:
-        if pos >= end:
-            raise DecodeError("truncated varint")
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result & _MASK64, pos
-        shift += 7
-        if shift >= 64 + 6:
-            raise DecodeError("varint longer than 10 bytes")
 
 
 def _fields(data: bytes, what: str) -> list[tuple[int, int, int | bytes]]:
@@ -177,21 +147,21 @@ def _fields(data: bytes, what: str) -> list[tuple[int, int, int | bytes]]:
     pos = 0
     end = len(data)
     while pos < end:
-        key, pos = _read_varint(data, pos)
+        key, pos = read_varint(data, pos)
         number, wire_type = key >> 3, key & 7
         if number == 0:
             raise DecodeError(f"{what}: field number 0")
         value: int | bytes
-        if wire_type == _VARINT:
-            value, pos = _read_varint(data, pos)
-        elif wire_type == _BYTES:
-            length, pos = _read_varint(data, pos)
+        if wire_type == VARINT:
+            value, pos = read_varint(data, pos)
+        elif wire_type == LEN:
+            length, pos = read_varint(data, pos)
             if length > end - pos:
                 raise DecodeError(f"{what}: field {number} runs past the end")
             value = data[pos : pos + length]
             pos += length
-        elif wire_type in (_FIXED64, _FIXED32):
-            size = 8 if wire_type == _FIXED64 else 4
+        elif wire_type in (FIXED64, FIXED32):
+            size = 8 if wire_type == FIXED64 else 4
             if size > end - pos:
                 raise DecodeError(f"{what}: field {number} runs past the end")
             value = data[pos : pos + size]
@@ -229,23 +199,23 @@ def decode_request(data: bytes) -> Request:
     req = Request("", "")
     for number, wire_type, value in _fields(data, "request"):
         if number == 1:
-            _expect("request", number, wire_type, _BYTES)
+            _expect("request", number, wire_type, LEN)
             req.service = _str(value)
         elif number == 2:
-            _expect("request", number, wire_type, _BYTES)
+            _expect("request", number, wire_type, LEN)
             req.method = _str(value)
         elif number == 3:
-            _expect("request", number, wire_type, _BYTES)
+            _expect("request", number, wire_type, LEN)
             req.payload = _bytes(value)
         elif number == 4:
-            _expect("request", number, wire_type, _VARINT)
+            _expect("request", number, wire_type, VARINT)
             req.timeout_nano = _int(value, 64)
         elif number == 5:
-            _expect("request", number, wire_type, _BYTES)
+            _expect("request", number, wire_type, LEN)
             key = val = ""
             for n, wt, v in _fields(_bytes(value), "request metadata"):
                 if n in (1, 2):
-                    _expect("request metadata", n, wt, _BYTES)
+                    _expect("request metadata", n, wt, LEN)
                     if n == 1:
                         key = _str(v)
                     else:
@@ -258,21 +228,21 @@ def decode_response(data: bytes) -> Response:
     resp = Response()
     for number, wire_type, value in _fields(data, "response"):
         if number == 1:
-            _expect("response", number, wire_type, _BYTES)
+            _expect("response", number, wire_type, LEN)
             details: list[tuple[str, bytes]] = list(resp.details)
             for n, wt, v in _fields(_bytes(value), "response status"):
                 if n == 1:
-                    _expect("response status", n, wt, _VARINT)
+                    _expect("response status", n, wt, VARINT)
                     resp.code = _int(v, 32)
                 elif n == 2:
-                    _expect("response status", n, wt, _BYTES)
+                    _expect("response status", n, wt, LEN)
                     resp.message = _str(v)
                 elif n == 3:
-                    _expect("response status", n, wt, _BYTES)
+                    _expect("response status", n, wt, LEN)
                     type_url, any_value = "", b""
                     for an, awt, av in _fields(_bytes(v), "response status detail"):
                         if an in (1, 2):
-                            _expect("response status detail", an, awt, _BYTES)
+                            _expect("response status detail", an, awt, LEN)
                             if an == 1:
                                 type_url = _str(av)
                             else:
@@ -280,7 +250,7 @@ def decode_response(data: bytes) -> Response:
                     details.append((type_url, any_value))
             resp.details = tuple(details)
         elif number == 2:
-            _expect("response", number, wire_type, _BYTES)
+            _expect("response", number, wire_type, LEN)
             resp.payload = _bytes(value)
     return resp
 
