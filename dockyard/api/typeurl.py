@@ -7,7 +7,9 @@ write, and it looks names up exactly, so a prefixed URL is not understood by
 it. A few Go types that are not protobuf messages travel as JSON under URLs
 registered by containerd's client and runtime packages: the OCI runtime
 spec's ``Spec`` (a container's spec), ``Process`` (an exec),
-``LinuxResources`` (a task update) and ``WindowsResources``.
+``LinuxResources`` (a task update) and ``WindowsResources``; their URLs
+are defined in ``dockyard.api.specurls``, for the shim, which needs them
+without protobuf.
 
 This module must stay light: the shim imports it on every start, so it needs
 protobuf only, and imports a message's module only when an ``Any`` of that
@@ -23,18 +25,16 @@ from google.protobuf import any_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
 from dockyard import jsonio
+from dockyard.api import specurls
 from dockyard.errors import InvalidArgument, NotFound
 
 _M = TypeVar("_M", bound=Message)
 
-_RUNTIME_SPEC = "types.containerd.io/opencontainers/runtime-spec/1/"
-SPEC = _RUNTIME_SPEC + "Spec"
-PROCESS = _RUNTIME_SPEC + "Process"
-LINUX_RESOURCES = _RUNTIME_SPEC + "LinuxResources"
-WINDOWS_RESOURCES = _RUNTIME_SPEC + "WindowsResources"
-
-# Type URLs whose value is JSON rather than a protobuf message.
-JSON_TYPE_URLS = frozenset({SPEC, PROCESS, LINUX_RESOURCES, WINDOWS_RESOURCES})
+SPEC = specurls.SPEC
+PROCESS = specurls.PROCESS
+LINUX_RESOURCES = specurls.LINUX_RESOURCES
+WINDOWS_RESOURCES = specurls.WINDOWS_RESOURCES
+JSON_TYPE_URLS = specurls.JSON_TYPE_URLS
 
 # Generated modules whose messages are carried in Any values: events, runtime
 # options, process details, cgroup statistics. They are imported on the first

@@ -9,11 +9,12 @@ them; the tests check each one against those generated descriptors.
 
 from __future__ import annotations
 
+from dockyard.api import specurls
 from dockyard.shim.codec import BOOL, BYTES, INT, MAP, MESSAGE, STRING, UINT, Message, field
 
 # containerd's type URLs of the JSON values in Any (pkg/typeurl registrations).
-PROCESS_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
-LINUX_RESOURCES_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+PROCESS_URL = specurls.PROCESS
+LINUX_RESOURCES_URL = specurls.LINUX_RESOURCES
 
 # containerd.v1.types.Status
 UNKNOWN = 0
