@@ -21,15 +21,8 @@ from dockyard.image import reference
 from dockyard.image.content import ContentStore
 from dockyard.image.images import ImageStore
 from dockyard.image.registry import Registry
-from dockyard.spec.image import (
-    INDEX_TYPES,
-    MANIFEST_TYPES,
-    MAX_MANIFEST_SIZE,
-    Descriptor,
-    check_size,
-    parse_index,
-    parse_manifest,
-)
+from dockyard.image.transfer import walk_image
+from dockyard.spec.image import INDEX_TYPES, MAX_MANIFEST_SIZE, Descriptor, parse_index
 
 SOURCE_LABEL_PREFIX = "dockyard.io/distribution.source."
 
@@ -86,7 +79,7 @@ def push(
     result = PushResult(str(ref), image.target.digest)
     try:
         target_data = None
-        for desc, data in _reachable(content, image.target):
+        for desc, data in walk_image(content, image.target):
             if data is not None and desc.digest == image.target.digest:
                 target_data = data  # last, under the tag
                 continue
@@ -114,50 +107,6 @@ def push(
         if registry is None:
             reg.close()
     return result
-
-
-def _reachable(content: ContentStore, target: Descriptor) -> list[tuple[Descriptor, bytes | None]]:
-    """``transfer.reachable`` (every blob the image needs, children first), with the bytes
-    of each manifest and index, read once: to find its children and to upload it."""
-    out: list[tuple[Descriptor, bytes | None]] = []
-    seen: set[str] = set()
-
-    def visit(desc: Descriptor, optional: bool) -> None:
-        if desc.digest in seen:
-            return
-        data = None
-        if desc.media_type in MANIFEST_TYPES | INDEX_TYPES:
-            if optional and not content.exists(desc.digest):
-                return  # a manifest of another platform, not pulled
-            check_size(desc)
-            if not content.exists(desc.digest):
-                raise NotFound(
-                    f"blob {desc.digest} ({desc.media_type}) is not in the content store"
-                )
-            data = content.read_bytes(desc.digest, max_size=MAX_MANIFEST_SIZE)
-            if desc.media_type in INDEX_TYPES:
-                for child in parse_index(data, desc.media_type).manifests:
-                    visit(child, True)
-            else:
-                manifest = parse_manifest(data, desc.media_type)
-                for blob in (manifest.config, *manifest.layers):
-                    if blob.digest not in seen:
-                        if not content.exists(blob.digest):
-                            raise NotFound(
-                                f"blob {blob.digest} of manifest {desc.digest} is not in the"
-                                " content store: pull the image again"
-                            )
-                        seen.add(blob.digest)
-                        out.append((blob, None))
-        elif not content.exists(desc.digest):
-            if optional:
-                return
-            raise NotFound(f"blob {desc.digest} is not in the content store")
-        seen.add(desc.digest)
-        out.append((desc, data))
-
-    visit(target, False)
-    return out
 
 
 def _check_index_children(

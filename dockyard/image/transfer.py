@@ -190,26 +190,33 @@ def _read_doc(content: ContentStore, desc: Descriptor) -> bytes:
     return content.read_bytes(desc.digest, max_size=MAX_DOC_SIZE)
 
 
-def reachable(content: ContentStore, target: Descriptor) -> list[Descriptor]:
+def walk_image(content: ContentStore, target: Descriptor) -> list[tuple[Descriptor, bytes | None]]:
     """Every blob an image needs, children first: manifests' configs and layers, then
-    manifests, then indexes. Manifests an index names that are not in the store are left
-    out (a pull fetches one platform); a missing config or layer is ``NotFound``."""
-    out: list[Descriptor] = []
+    manifests, then indexes; each with the document read to find its children (a
+    manifest's or an index's bytes), or None for a blob only checked to be there.
+
+    Manifests an index names that are not in the store are left out (a pull fetches one
+    platform); a missing config or layer is ``NotFound``. The whole graph is walked before
+    this returns, so a caller acting on the list (push uploads it) acts only on a whole
+    image; the bytes save it reading each document again."""
+    out: list[tuple[Descriptor, bytes | None]] = []
     seen: set[str] = set()
 
     def visit(desc: Descriptor, optional: bool) -> None:
         if desc.digest in seen:
             return
+        data = None
         if desc.media_type in INDEX_TYPES:
             if optional and not content.exists(desc.digest):
                 return
-            index = parse_index(_read_doc(content, desc), desc.media_type)
-            for child in index.manifests:
+            data = _read_doc(content, desc)
+            for child in parse_index(data, desc.media_type).manifests:
                 visit(child, True)
         elif desc.media_type in MANIFEST_TYPES:
             if optional and not content.exists(desc.digest):
                 return
-            manifest = parse_manifest(_read_doc(content, desc), desc.media_type)
+            data = _read_doc(content, desc)
+            manifest = parse_manifest(data, desc.media_type)
             for blob in (manifest.config, *manifest.layers):
                 if blob.digest not in seen:
                     if not content.exists(blob.digest):
@@ -218,16 +225,21 @@ def reachable(content: ContentStore, target: Descriptor) -> list[Descriptor]:
                             " content store: pull the image again"
                         )
                     seen.add(blob.digest)
-                    out.append(blob)
+                    out.append((blob, None))
         elif not content.exists(desc.digest):
             if optional:
                 return
             raise NotFound(f"blob {desc.digest} is not in the content store")
         seen.add(desc.digest)
-        out.append(desc)
+        out.append((desc, data))
 
     visit(target, False)
     return out
+
+
+def reachable(content: ContentStore, target: Descriptor) -> list[Descriptor]:
+    """``walk_image`` without the documents: every blob an image needs, children first."""
+    return [desc for desc, _ in walk_image(content, target)]
 
 
 def _manifest_platform(content: ContentStore, desc: Descriptor) -> Platform | None:
