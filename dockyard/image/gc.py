@@ -439,8 +439,10 @@ def _collect(
     mark.run()
 
     # -- sweep -------------------------------------------------------------
+    # digest -> size, as the walk of the store found them (a digest's size cannot change)
+    doomed_blobs: dict[str, int]
     if records is None:
-        doomed_blobs = {digest for _, digest in set(blobs) - mark.kept_blobs}
+        doomed_blobs = {d: blobs[(ns, d)].size for ns, d in set(blobs) - mark.kept_blobs}
     else:
         for namespace, digest in sorted(set(blobs) - mark.kept_blobs):
             if not dry_run:
@@ -449,14 +451,16 @@ def _collect(
             report.records.append((namespace, digest))
         # a blob stays while any namespace keeps its record
         kept = {digest for _, digest in mark.kept_blobs}
-        doomed_blobs = {info.digest for info in content.walk() if info.digest not in kept}
-    for digest in sorted(doomed_blobs):
-        try:
-            size = content.info(digest).size
-            if not dry_run:
+        doomed_blobs = {i.digest: i.size for i in content.walk() if i.digest not in kept}
+    for digest, size in sorted(doomed_blobs.items()):
+        # A blob deleted by someone else since the walk is not reported by a real run
+        # (delete says NotFound); a dry run reports what the walk found, what a gc would
+        # have removed then: checking again would only narrow a race it cannot close.
+        if not dry_run:
+            try:
                 content.delete(digest)
-        except NotFound:
-            continue
+            except NotFound:
+                continue
         report.blobs.append(digest)
         report.bytes += size
 

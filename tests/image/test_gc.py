@@ -204,6 +204,25 @@ def test_dry_run_changes_nothing(store: Store, two: tuple[Built, Built]) -> None
     assert (real.blobs, real.snapshots, real.bytes) == (dry.blobs, dry.snapshots, dry.bytes)
 
 
+def test_a_blob_deleted_during_a_gc(store: Store, two: tuple[Built, Built]) -> None:
+    """Deleted by someone else between the gc's walk and its sweep (here, while the
+    roots are marked): a dry run reports what its walk found, a real run what it deleted."""
+    a, b = two
+    store.images.delete(NS, "example.com/b:1")
+    doomed = b.blobs - a.blobs
+    gone = sorted(doomed)[0]
+    data = store.content.read_bytes(gone)
+
+    dry = store.gc(dry_run=True, mark_roots=lambda _: store.content.delete(gone))
+    assert set(dry.blobs) == doomed
+    assert dry.bytes == sum(len(store.content.read_bytes(d)) for d in doomed - {gone}) + len(data)
+
+    put(store.content, data)
+    real = store.gc(mark_roots=lambda _: store.content.delete(gone))
+    assert set(real.blobs) == doomed - {gone} and real.bytes == dry.bytes - len(data)
+    assert store.blobs() == a.blobs
+
+
 def test_a_lease_keeps_content_and_snapshots(store: Store, two: tuple[Built, Built]) -> None:
     _, b = two
     store.images.delete(NS, "example.com/b:1")
