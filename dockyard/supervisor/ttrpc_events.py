@@ -3,9 +3,10 @@
 A shim learns the address from ``TTRPC_ADDRESS`` in its environment and
 forwards each task event (``/tasks/exit``, ``/tasks/start``, ...) there, in
 an envelope with its own timestamp and namespace (containerd's
-``services/events/ttrpc.go``). Each envelope is handed to the exchange as
-it came; a topic or namespace the exchange would refuse is refused here too,
-so the shim sees the error.
+``services/events/ttrpc.go``). Each envelope is decoded and checked as the
+gRPC Forward's are (``services.events.from_message``) and handed to the
+exchange as it came; one it refuses is refused here, so the shim sees the
+error.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from google.protobuf import empty_pb2
@@ -21,8 +21,7 @@ from google.protobuf import empty_pb2
 from dockyard.api.services.ttrpc.events.v1 import events_pb2
 from dockyard.errors import SystemFailure
 from dockyard.supervisor.daemon import _remove_stale_socket
-from dockyard.supervisor.events import Envelope
-from dockyard.supervisor.grpcutil import validate_identifier
+from dockyard.supervisor.services.events import from_message
 from dockyard.ttrpc import Context, Server
 
 if TYPE_CHECKING:
@@ -34,10 +33,7 @@ SERVICE = "containerd.services.events.ttrpc.v1.Events"
 
 
 def forward(sup: Supervisor, request: events_pb2.ForwardRequest, ctx: Context) -> empty_pb2.Empty:
-    env = request.envelope
-    validate_identifier("namespace", env.namespace)
-    when = env.timestamp.ToDatetime(tzinfo=UTC) if env.HasField("timestamp") else datetime.now(UTC)
-    sup.events.forward(Envelope(when, env.namespace, env.topic, env.event))
+    sup.events.forward(from_message(request.envelope))
     return empty_pb2.Empty()
 
 

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC
 from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import empty_pb2
 
-from dockyard.api.convert import to_timestamp
+from dockyard.api.convert import from_timestamp, to_timestamp
 from dockyard.api.services.events.v1 import events_pb2 as pb
 from dockyard.api.services.events.v1 import events_pb2_grpc
+from dockyard.api.services.ttrpc.events.v1 import events_pb2 as ttrpc_events_pb2
 from dockyard.errors import InvalidArgument
-from dockyard.supervisor.events import Envelope, matcher
-from dockyard.supervisor.grpcutil import namespace, rpc
+from dockyard.supervisor.events import Envelope, matcher, validate_topic
+from dockyard.supervisor.grpcutil import namespace, rpc, validate_identifier
 
 if TYPE_CHECKING:
     from dockyard.supervisor.daemon import Supervisor
@@ -25,16 +25,27 @@ def to_message(env: Envelope) -> pb.Envelope:
         timestamp=to_timestamp(env.timestamp),
         namespace=env.namespace,
         topic=env.topic,
-        event=env.event,
+        # an envelope forwarded without an event goes on without one, not with an empty Any
+        event=env.event if env.event.ByteSize() else None,
     )
 
 
-def from_message(msg: pb.Envelope) -> Envelope:
-    if not msg.namespace:
-        raise InvalidArgument("forwarded event: envelope has no namespace")
-    if not msg.HasField("event"):
-        raise InvalidArgument(f"forwarded event {msg.topic!r}: envelope has no event")
-    return Envelope(msg.timestamp.ToDatetime(tzinfo=UTC), msg.namespace, msg.topic, msg.event)
+def from_message(msg: pb.Envelope | ttrpc_events_pb2.Envelope) -> Envelope:
+    """A forwarded envelope, from either Forward (gRPC here, ttrpc from a shim), as it came.
+
+    Its namespace, timestamp and event are kept, not the request's; it is
+    checked as containerd's exchange checks one (``validateEnvelope``), in
+    its order: the namespace is an identifier, the topic a path (checked
+    again by ``Exchange.forward``), the timestamp set. The event is not
+    required: containerd passes an envelope without one on.
+    """
+    what = f"forwarded event {msg.topic!r}"
+    validate_identifier(f"{what}: namespace", msg.namespace)
+    validate_topic(msg.topic)
+    when = from_timestamp(msg.timestamp)
+    if when is None:
+        raise InvalidArgument(f"{what}: timestamp must be set")
+    return Envelope(when, msg.namespace, msg.topic, msg.event)
 
 
 class EventsService(events_pb2_grpc.EventsServicer):
