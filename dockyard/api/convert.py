@@ -20,8 +20,6 @@ from google.protobuf import timestamp_pb2
 from dockyard.api.types import descriptor_pb2
 from dockyard.spec.image import Descriptor
 
-NANOSECONDS = 1_000_000_000
-
 
 def to_timestamp(t: datetime | None) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
@@ -41,16 +39,6 @@ def now_timestamp() -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.GetCurrentTime()
     return ts
-
-
-def from_unix_nanos(ns: int) -> datetime:
-    """Nanoseconds since the epoch, as the stores keep times, as an aware UTC datetime.
-
-    Truncated to the microsecond, as ``Timestamp.ToDatetime`` truncates, in
-    integers: a float of today's nanoseconds is off by a few hundred of them.
-    """
-    seconds, rest = divmod(ns, NANOSECONDS)
-    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest // 1000)
 
 
 def descriptor_to_proto(desc: Descriptor) -> descriptor_pb2.Descriptor:

@@ -13,12 +13,13 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from dockyard.errors import AlreadyExists, InvalidArgument, NotFound
 from dockyard.fieldpaths import update_map
 from dockyard.image.sqlite import Store
 from dockyard.spec.image import Descriptor
+from dockyard.unixtime import from_unix_nanos
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -42,10 +43,6 @@ class Image:
     updated_at: datetime | None = None
 
 
-def _ts(ns: int) -> datetime:
-    return datetime.fromtimestamp(ns / 1e9, UTC)
-
-
 class ImageStore(Store):
     """Image records in ``<root>/metadata.db`` (WAL; safe across processes)."""
 
@@ -65,8 +62,8 @@ class ImageStore(Store):
             name,
             Descriptor.from_json(json.loads(target)),
             json.loads(labels),
-            _ts(created),
-            _ts(updated),
+            from_unix_nanos(created),
+            from_unix_nanos(updated),
         )
 
     def get(self, namespace: str, name: str) -> Image:
@@ -158,7 +155,7 @@ class ImageStore(Store):
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
-        return Image(image.name, target, labels, _ts(row[2]), _ts(now))
+        return Image(image.name, target, labels, from_unix_nanos(row[2]), from_unix_nanos(now))
 
     def delete(self, namespace: str, name: str) -> None:
         self._check(namespace, name)

@@ -44,6 +44,7 @@ from dockyard.errors import AlreadyExists, InvalidArgument, NotFound
 from dockyard.image.content import validate_labels
 from dockyard.image.sqlite import Store
 from dockyard.spec.image import parse_digest
+from dockyard.unixtime import from_unix_nanos
 
 EXPIRE_LABEL = "containerd.io/gc.expire"
 FLAT_LABEL = "containerd.io/gc.flat"
@@ -258,7 +259,7 @@ class LeaseStore(Store):
 
 def _lease(row: tuple[str, str, int]) -> Lease:
     lease_id, labels, created = row
-    return Lease(lease_id, json.loads(labels), datetime.fromtimestamp(created / 1e9, UTC))
+    return Lease(lease_id, json.loads(labels), from_unix_nanos(created))
 
 
 class HeldLease:

@@ -32,7 +32,6 @@ import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 
-from dockyard.api.convert import from_unix_nanos
 from dockyard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from dockyard.fieldpaths import update_labels
 from dockyard.filters import matcher
@@ -49,6 +48,7 @@ from dockyard.image.content import (
 from dockyard.image.gc import gc_lock
 from dockyard.image.leases import LeaseStore, Resource
 from dockyard.spec.image import parse_digest
+from dockyard.unixtime import from_unix_nanos
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS content (

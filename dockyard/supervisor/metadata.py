@@ -19,16 +19,17 @@ import json
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from dockyard import unixtime
 from dockyard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from dockyard.fieldpaths import update_map
 from dockyard.image.content import validate_labels
 from dockyard.supervisor.grpcutil import validate_identifier
+from dockyard.unixtime import from_unix_nanos, to_unix_nanos
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS namespaces (
@@ -79,10 +80,6 @@ class Container:
     extensions: dict[str, Typed] = field(default_factory=dict)
     created_at: datetime | None = None
     updated_at: datetime | None = None
-
-
-def _ns_time(t: int) -> datetime:
-    return datetime.fromtimestamp(t / 1e9, UTC)
 
 
 def _validate_container(c: Container) -> None:
@@ -216,8 +213,8 @@ class Metadata:
             snapshotter=str(snap),
             snapshot_key=str(key),
             extensions=extensions,
-            created_at=_ns_time(int(cr)),
-            updated_at=_ns_time(int(up)),
+            created_at=from_unix_nanos(int(cr)),
+            updated_at=from_unix_nanos(int(up)),
         )
 
     def get_container(self, ns: str, cid: str) -> Container:
@@ -258,8 +255,8 @@ class Metadata:
             c.snapshotter,
             c.snapshot_key,
             ext,
-            int(c.created_at.timestamp() * 1e9),
-            int(c.updated_at.timestamp() * 1e9),
+            to_unix_nanos(c.created_at),
+            to_unix_nanos(c.updated_at),
         )
         if insert:
             self.db.execute(
@@ -278,7 +275,7 @@ class Metadata:
 
     def create_container(self, ns: str, c: Container) -> Container:
         _validate_container(c)
-        now = datetime.fromtimestamp(time.time_ns() / 1e9, UTC)
+        now = unixtime.now()
         c = replace(c, created_at=now, updated_at=now)
         with self.lock:
             self.ensure_namespace(ns)
@@ -320,7 +317,7 @@ class Metadata:
                         "(labels, labels.<key>, spec, extensions, extensions.<key>, image, "
                         "snapshotkey)"
                     )
-            out.updated_at = datetime.fromtimestamp(time.time_ns() / 1e9, UTC)
+            out.updated_at = unixtime.now()
             _validate_container(out)
             self._write(ns, out, insert=False)
         return out

@@ -55,6 +55,7 @@ from dockyard.filters import Getter, map_field, matcher
 from dockyard.image.content import fsync_dir
 from dockyard.image.snapshots.metadata import MetaStore, Record
 from dockyard.spec.mount import Mount
+from dockyard.unixtime import from_unix_nanos
 
 __all__ = [
     "AlreadyExists",
@@ -98,18 +99,14 @@ class Usage:
     inodes: int = 0
 
 
-def _time(ns: int) -> datetime:
-    return datetime.fromtimestamp(ns / 1e9, UTC)
-
-
 def _info(rec: Record) -> Info:
     return Info(
         kind=Kind(rec.kind),
         name=rec.key,
         parent=rec.parent,
         labels=dict(rec.labels),
-        created=_time(rec.created),
-        updated=_time(rec.updated),
+        created=from_unix_nanos(rec.created),
+        updated=from_unix_nanos(rec.updated),
     )
 
 
