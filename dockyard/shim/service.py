@@ -20,6 +20,17 @@ import os
 import threading
 import time
 
+from dockyard.api.topics import (
+    TASK_CREATE,
+    TASK_DELETE,
+    TASK_EXEC_ADDED,
+    TASK_EXEC_STARTED,
+    TASK_EXIT,
+    TASK_OOM,
+    TASK_PAUSED,
+    TASK_RESUMED,
+    TASK_START,
+)
 from dockyard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from dockyard.identifiers import validate_identifier
 from dockyard.shim import log
@@ -44,15 +55,6 @@ if TYPE_CHECKING:
 TASK_SERVICE = "containerd.task.v2.Task"
 
 # containerd's topics (runtime/events.go)
-TASK_CREATE = "/tasks/create"
-TASK_START = "/tasks/start"
-TASK_EXIT = "/tasks/exit"
-TASK_DELETE = "/tasks/delete"
-TASK_EXEC_ADDED = "/tasks/exec-added"
-TASK_EXEC_STARTED = "/tasks/exec-started"
-TASK_PAUSED = "/tasks/paused"
-TASK_RESUMED = "/tasks/resumed"
-TASK_OOM = "/tasks/oom"
 
 _STATUS = {
     "created": m.CREATED,

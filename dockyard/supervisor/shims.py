@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from google.protobuf import any_pb2, empty_pb2
 from google.protobuf.message import DecodeError, Message
 
+from dockyard.api import topics
 from dockyard.api.convert import from_timestamp
 from dockyard.api.events import task_pb2 as task_events
 from dockyard.api.runtime.task.v2 import shim_pb2
@@ -976,7 +977,7 @@ class ShimManager:
         events = self.sup.events
         events.publish(
             shim.namespace,
-            "/tasks/exit",
+            topics.TASK_EXIT,
             task_events.TaskExit(
                 container_id=shim.id,
                 id=shim.id,
@@ -987,7 +988,7 @@ class ShimManager:
         )
         events.publish(
             shim.namespace,
-            "/tasks/delete",
+            topics.TASK_DELETE,
             task_events.TaskDelete(
                 container_id=shim.id,
                 pid=exit_.pid,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import grpc
 from google.protobuf import any_pb2, empty_pb2
 
+from dockyard.api import topics
 from dockyard.api.events import container_pb2 as events
 from dockyard.api.services.containers.v1 import containers_pb2 as pb
 from dockyard.api.services.containers.v1 import containers_pb2_grpc
@@ -130,7 +131,7 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
         c = self.meta.create_container(ns, record)
         self.sup.events.publish(
             ns,
-            "/containers/create",
+            topics.CONTAINER_CREATE,
             events.ContainerCreate(
                 id=c.id,
                 image=c.image,
@@ -153,7 +154,7 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
         )
         self.sup.events.publish(
             ns,
-            "/containers/update",
+            topics.CONTAINER_UPDATE,
             events.ContainerUpdate(
                 id=c.id, image=c.image, labels=c.labels, snapshot_key=c.snapshot_key
             ),
@@ -172,7 +173,7 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
                 "delete the task first"
             )
         self.meta.delete_container(ns, request.id)
-        self.sup.events.publish(ns, "/containers/delete", events.ContainerDelete(id=request.id))
+        self.sup.events.publish(ns, topics.CONTAINER_DELETE, events.ContainerDelete(id=request.id))
         self.sup.gc.schedule()
         return empty_pb2.Empty()
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import grpc
 from google.protobuf import empty_pb2
 
+from dockyard.api import topics
 from dockyard.api.events import content_pb2 as events
 from dockyard.api.services.content.v1 import content_pb2 as pb
 from dockyard.api.services.content.v1 import content_pb2_grpc
@@ -96,7 +97,9 @@ class ContentService(content_pb2_grpc.ContentServicer):
         if lease:  # as containerd: the request's lease lets go of it too
             with contextlib.suppress(NotFound):
                 self.sup.leases.delete_resource(ns, lease, Resource("content", request.digest))
-        self.sup.events.publish(ns, "/content/delete", events.ContentDelete(digest=request.digest))
+        self.sup.events.publish(
+            ns, topics.CONTENT_DELETE, events.ContentDelete(digest=request.digest)
+        )
         self.sup.gc.schedule()
         return empty_pb2.Empty()
 

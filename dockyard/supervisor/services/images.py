@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import grpc
 from google.protobuf import empty_pb2
 
+from dockyard.api import topics
 from dockyard.api.convert import descriptor_from_proto, descriptor_to_proto, to_timestamp
 from dockyard.api.events import image_pb2 as events
 from dockyard.api.services.images.v1 import images_pb2 as pb
@@ -112,7 +113,7 @@ class ImagesService(images_pb2_grpc.ImagesServicer):
         self.sup.metadata.ensure_namespace(ns)
         created = self.images.create(ns, image)
         self.sup.events.publish(
-            ns, "/images/create", events.ImageCreate(name=created.name, labels=created.labels)
+            ns, topics.IMAGE_CREATE, events.ImageCreate(name=created.name, labels=created.labels)
         )
         return pb.CreateImageResponse(image=_message(created))
 
@@ -152,7 +153,7 @@ class ImagesService(images_pb2_grpc.ImagesServicer):
             )
             updated = self.images.update(ns, Image(m.name, target, labels), ["target", "labels"])
         self.sup.events.publish(
-            ns, "/images/update", events.ImageUpdate(name=updated.name, labels=updated.labels)
+            ns, topics.IMAGE_UPDATE, events.ImageUpdate(name=updated.name, labels=updated.labels)
         )
         return pb.UpdateImageResponse(image=_message(updated))
 
@@ -163,7 +164,7 @@ class ImagesService(images_pb2_grpc.ImagesServicer):
         ns = namespace(context)
         _what(request.name)
         self.images.delete(ns, request.name)
-        self.sup.events.publish(ns, "/images/delete", events.ImageDelete(name=request.name))
+        self.sup.events.publish(ns, topics.IMAGE_DELETE, events.ImageDelete(name=request.name))
         if request.sync:
             self.sup.gc.collect()
         else:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import grpc
 from google.protobuf import empty_pb2
 
+from dockyard.api import topics
 from dockyard.api.events import namespace_pb2 as events
 from dockyard.api.services.namespaces.v1 import namespace_pb2 as pb
 from dockyard.api.services.namespaces.v1 import namespace_pb2_grpc
@@ -52,7 +53,7 @@ class NamespacesService(namespace_pb2_grpc.NamespacesServicer):
         labels = dict(ns.labels)
         self.meta.create_namespace(ns.name, labels)
         self.sup.events.publish(
-            ns.name, "/namespaces/create", events.NamespaceCreate(name=ns.name, labels=labels)
+            ns.name, topics.NAMESPACE_CREATE, events.NamespaceCreate(name=ns.name, labels=labels)
         )
         return pb.CreateNamespaceResponse(namespace=self._message(ns.name))
 
@@ -69,7 +70,7 @@ class NamespacesService(namespace_pb2_grpc.NamespacesServicer):
         )
         self.meta.set_namespace_labels(ns.name, labels)
         self.sup.events.publish(
-            ns.name, "/namespaces/update", events.NamespaceUpdate(name=ns.name, labels=labels)
+            ns.name, topics.NAMESPACE_UPDATE, events.NamespaceUpdate(name=ns.name, labels=labels)
         )
         return pb.UpdateNamespaceResponse(namespace=self._message(ns.name))
 
@@ -79,7 +80,7 @@ class NamespacesService(namespace_pb2_grpc.NamespacesServicer):
     ) -> empty_pb2.Empty:
         self.meta.delete_namespace(request.name)
         self.sup.events.publish(
-            request.name, "/namespaces/delete", events.NamespaceDelete(name=request.name)
+            request.name, topics.NAMESPACE_DELETE, events.NamespaceDelete(name=request.name)
         )
         return empty_pb2.Empty()
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import grpc
 from google.protobuf import empty_pb2
 
+from dockyard.api import topics
 from dockyard.api.events import snapshot_pb2 as events
 from dockyard.api.services.snapshots.v1 import snapshots_pb2 as pb
 from dockyard.api.services.snapshots.v1 import snapshots_pb2_grpc
@@ -173,7 +174,7 @@ class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
         v, mounts = self._create(request, context, Kind.ACTIVE)
         self.sup.events.publish(
             v.ns,
-            "/snapshot/prepare",
+            topics.SNAPSHOT_PREPARE,
             events.SnapshotPrepare(key=request.key, parent=request.parent),
         )
         return pb.PrepareSnapshotResponse(mounts=mounts)
@@ -206,7 +207,9 @@ class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
             v.sn.commit(v.key(name), v.key(key), labels)
             self._lease(v, lease, name, add=True)
             self._lease(v, lease, key, add=False)
-        self.sup.events.publish(v.ns, "/snapshot/commit", events.SnapshotCommit(key=key, name=name))
+        self.sup.events.publish(
+            v.ns, topics.SNAPSHOT_COMMIT, events.SnapshotCommit(key=key, name=name)
+        )
         return empty_pb2.Empty()
 
     @rpc
@@ -217,7 +220,9 @@ class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
         with v.errors():
             v.sn.remove(v.key(request.key))
         self._lease(v, lease_of(context), request.key, add=False)
-        self.sup.events.publish(v.ns, "/snapshot/remove", events.SnapshotRemove(key=request.key))
+        self.sup.events.publish(
+            v.ns, topics.SNAPSHOT_REMOVE, events.SnapshotRemove(key=request.key)
+        )
         self.sup.gc.schedule()
         return empty_pb2.Empty()
 
