@@ -11,9 +11,10 @@ spec's ``Spec`` (a container's spec), ``Process`` (an exec),
 are defined in ``dockyard.api.specurls``, for the shim, which needs them
 without protobuf.
 
-This module must stay light: the shim imports it on every start, so it needs
-protobuf only, and imports a message's module only when an ``Any`` of that
-type is first unpacked.
+This module stays light: it needs protobuf only (no grpc, no json), and
+imports a message's module only when an ``Any`` of that type is first
+unpacked. (dockyard's shim does without it and without protobuf: it has
+its own messages, ``dockyard.shim.messages``.)
 """
 
 from __future__ import annotations

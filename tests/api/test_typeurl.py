@@ -161,8 +161,8 @@ def test_unpack_imports_event_modules_on_demand() -> None:
     assert out.split("\n")[:2] == ["False", "dockyard.api.events.task_pb2 7"]
 
 
-def test_shim_imports_stay_light() -> None:
-    # the shim is started per container: protobuf only, no grpc, no json package
+def test_typeurl_imports_stay_light() -> None:
+    # the shim API's messages and typeurl: protobuf only, no grpc, no json package
     out = _fresh_python(
         "import dockyard.api.runtime.task.v2.shim_pb2\n"
         "import dockyard.api.services.ttrpc.events.v1.events_pb2\n"
