@@ -33,7 +33,13 @@ from dockyard.api.types.task import task_pb2
 from dockyard.errors import DockyardError, InvalidArgument, NotFound, Unsupported
 from dockyard.filters import matcher
 from dockyard.supervisor import ttrpc_events
-from dockyard.supervisor.grpcutil import namespace, now_timestamp, rpc, validate_identifier
+from dockyard.supervisor.grpcutil import (
+    namespace,
+    now_timestamp,
+    rpc,
+    to_timestamp,
+    validate_identifier,
+)
 from dockyard.supervisor.metadata import Container
 from dockyard.supervisor.services.snapshots import mount_messages
 from dockyard.supervisor.shims import STATE_TIMEOUT, CreateOptions, Shim, ShimManager
@@ -142,8 +148,8 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
         ns, c = self._container(context, request.container_id)
         exit_ = self.shims.delete(ns, c.id)
         resp = pb.DeleteResponse(pid=exit_.pid, exit_status=exit_.status)
-        if exit_.exited_at is not None:
-            resp.exited_at.FromDatetime(exit_.exited_at)
+        if exit_.exited_at is not None:  # else exited_at stays absent, not a zero Timestamp
+            resp.exited_at.CopyFrom(to_timestamp(exit_.exited_at))
         return resp
 
     @rpc
