@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, BinaryIO, cast
 
 import grpc
 
+from dockyard.api.convert import descriptor_from_proto, descriptor_to_proto
 from dockyard.api.services.diff.v1 import diff_pb2 as pb
 from dockyard.api.services.diff.v1 import diff_pb2_grpc
-from dockyard.api.types import descriptor_pb2, mount_pb2
+from dockyard.api.types import mount_pb2
 from dockyard.errors import (
     AlreadyExists,
     DockyardError,
@@ -46,7 +47,7 @@ from dockyard.image.archive import apply_layer, write_diff
 from dockyard.image.archive.diff import Compression
 from dockyard.runtime import libc
 from dockyard.runtime.rootfs import MOUNT_FLAGS
-from dockyard.spec.image import MediaType, layer_compression
+from dockyard.spec.image import Descriptor, MediaType, layer_compression
 from dockyard.spec.mount import Mount, mount_all, unmount_all
 from dockyard.supervisor.content import NamespacedWriter, check_digest
 from dockyard.supervisor.grpcutil import namespace, rpc
@@ -161,7 +162,7 @@ class DiffService(diff_pb2_grpc.DiffServicer):
     @rpc
     def Apply(self, request: pb.ApplyRequest, context: grpc.ServicerContext) -> pb.ApplyResponse:
         ns = namespace(context)
-        desc = request.diff
+        desc = descriptor_from_proto(request.diff)
         what = f"apply {desc.digest or 'layer'}"
         check_digest(desc.digest, f"{what}: digest")
         compression = layer_compression(desc.media_type) or "none"
@@ -177,10 +178,8 @@ class DiffService(diff_pb2_grpc.DiffServicer):
             else:
                 with self._mounted(mounts, readonly=False) as root:
                     result = apply_layer(root, blob, whiteouts="direct", compression=compression)
-        applied = descriptor_pb2.Descriptor(
-            media_type=MediaType.OCI_LAYER, digest=result.diff_id, size=result.size
-        )
-        return pb.ApplyResponse(applied=applied)
+        applied = Descriptor(MediaType.OCI_LAYER, result.diff_id, result.size)
+        return pb.ApplyResponse(applied=descriptor_to_proto(applied))
 
     # -- Diff ------------------------------------------------------------------
 
@@ -228,9 +227,7 @@ class DiffService(diff_pb2_grpc.DiffServicer):
             info = self.store.update(
                 ns, digest, {UNCOMPRESSED_LABEL: result.diff_id}, [f"labels.{UNCOMPRESSED_LABEL}"]
             )
-        return pb.DiffResponse(
-            diff=descriptor_pb2.Descriptor(media_type=media_type, digest=digest, size=info.size)
-        )
+        return pb.DiffResponse(diff=descriptor_to_proto(Descriptor(media_type, digest, info.size)))
 
 
 class _Sink:
