@@ -242,10 +242,14 @@ def reachable(content: ContentStore, target: Descriptor) -> list[Descriptor]:
     return [desc for desc, _ in walk_image(content, target)]
 
 
-def _manifest_platform(content: ContentStore, desc: Descriptor) -> Platform | None:
-    if desc.platform is not None or desc.media_type not in MANIFEST_TYPES:
+def _manifest_platform(
+    content: ContentStore, desc: Descriptor, data: bytes | None
+) -> Platform | None:
+    """An export entry's platform: the descriptor's, else a manifest's config's
+    (``data`` is the manifest, as ``walk_image`` read it)."""
+    if desc.platform is not None or desc.media_type not in MANIFEST_TYPES or data is None:
         return desc.platform
-    manifest = parse_manifest(_read_doc(content, desc), desc.media_type)
+    manifest = parse_manifest(data, desc.media_type)
     with contextlib.suppress(InvalidArgument, NotFound):
         return parse_image_config(_read_doc(content, manifest.config)).platform
     return None
@@ -264,8 +268,13 @@ def export_oci(
     with _output(dest) as out:
         out.add_bytes("oci-layout", _json({"imageLayoutVersion": LAYOUT_VERSION}))
         for img in _resolve_images(images, namespace, names):
-            for desc in reachable(content, img.target):
-                out.add_blob(content, desc.digest)
+            walked = walk_image(content, img.target)
+            for desc, data in walked:
+                if data is None:  # a config or a layer: streamed
+                    out.add_blob(content, desc.digest)
+                else:  # a manifest or an index: the walk already read it
+                    out.add_bytes(_blob_name(desc.digest), data)
+            target_doc = walked[-1][1]  # children first: the target is last
             ref = reference.parse(img.name)
             annotations = dict(img.target.annotations)
             annotations[ANNOTATION_IMAGE_NAME] = str(ref)
@@ -277,7 +286,7 @@ def export_oci(
                     digest=img.target.digest,
                     size=img.target.size,
                     annotations=annotations,
-                    platform=_manifest_platform(content, img.target),
+                    platform=_manifest_platform(content, img.target, target_doc),
                 )
             )
         index = {
