@@ -237,11 +237,6 @@ def walk_image(content: ContentStore, target: Descriptor) -> list[tuple[Descript
     return out
 
 
-def reachable(content: ContentStore, target: Descriptor) -> list[Descriptor]:
-    """``walk_image`` without the documents: every blob an image needs, children first."""
-    return [desc for desc, _ in walk_image(content, target)]
-
-
 def _manifest_platform(
     content: ContentStore, desc: Descriptor, data: bytes | None
 ) -> Platform | None:
