@@ -1,14 +1,17 @@
 """Conversions between API messages and dockyard's values, for both ends of the API.
 
 The client library and the supervisor both turn protobuf's ``Timestamp``
-into a ``datetime`` and containerd's ``types.Descriptor`` into the image
-library's ``Descriptor``; this module is the one place that does it.
+into a ``datetime``, containerd's ``types.Descriptor`` into the image
+library's ``Descriptor`` and containerd's ``types.Mount`` into
+``dockyard.spec.mount.Mount``; this module is the one place that does it.
 
 - Times are aware UTC datetimes. An unset Timestamp (zero: proto3 cannot
   tell it from the epoch) is ``None``, and ``None`` is sent as unset.
 - containerd's ``Descriptor`` carries a media type, digest, size and
   annotations only: a descriptor's urls, platform and data do not travel.
   Checking a descriptor that came in a request is the receiver's business.
+- A mount is its type, source, target and options, both ways; checking
+  one that came in a request is the receiver's business too.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 
-from dockyard.api.types import descriptor_pb2
+from dockyard.api.types import descriptor_pb2, mount_pb2
 from dockyard.spec.image import Descriptor
+from dockyard.spec.mount import Mount
 
 
 def to_timestamp(t: datetime | None) -> timestamp_pb2.Timestamp:
@@ -57,3 +61,11 @@ def descriptor_from_proto(msg: descriptor_pb2.Descriptor) -> Descriptor:
         size=msg.size,
         annotations=dict(msg.annotations),
     )
+
+
+def mount_to_proto(m: Mount) -> mount_pb2.Mount:
+    return mount_pb2.Mount(type=m.type, source=m.source, target=m.target, options=list(m.options))
+
+
+def mount_from_proto(msg: mount_pb2.Mount) -> Mount:
+    return Mount(type=msg.type, source=msg.source, options=list(msg.options), target=msg.target)

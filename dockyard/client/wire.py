@@ -1,8 +1,9 @@
 """Conversions between the wire messages and the spec types the engine uses.
 
 A descriptor is ``dockyard.spec.image.Descriptor`` and a mount is
-``dockyard.spec.mount.Mount`` on this side. The descriptor's conversions are
-the API's own (``dockyard.api.convert``), shared with the supervisor.
+``dockyard.spec.mount.Mount`` on this side. The descriptor's and the mount's
+conversions are the API's own (``dockyard.api.convert``), shared with the
+supervisor.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ from google.protobuf import any_pb2, field_mask_pb2
 from google.protobuf.message import Message
 
 from dockyard.api import typeurl
-from dockyard.api.convert import descriptor_from_proto, descriptor_to_proto
+from dockyard.api.convert import (
+    descriptor_from_proto,
+    descriptor_to_proto,
+    mount_from_proto,
+    mount_to_proto,
+)
 from dockyard.api.types import mount_pb2
 from dockyard.errors import NotFound
 from dockyard.spec.mount import Mount
 
-# the descriptor's two are re-exported: the service wrappers import every conversion from here
+# the API's conversions are re-exported: the service wrappers import every conversion from here
 __all__ = [
     "descriptor_from_proto",
     "descriptor_to_proto",
@@ -30,14 +36,6 @@ __all__ = [
     "pack_any",
     "unpack_any",
 ]
-
-
-def mount_to_proto(m: Mount) -> mount_pb2.Mount:
-    return mount_pb2.Mount(type=m.type, source=m.source, target=m.target, options=list(m.options))
-
-
-def mount_from_proto(msg: mount_pb2.Mount) -> Mount:
-    return Mount(type=msg.type, source=msg.source, options=list(msg.options), target=msg.target)
 
 
 def mounts_from_proto(msgs: Iterable[mount_pb2.Mount]) -> list[Mount]:

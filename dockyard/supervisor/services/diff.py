@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, BinaryIO, cast
 
 import grpc
 
-from dockyard.api.convert import descriptor_from_proto, descriptor_to_proto
+from dockyard.api.convert import descriptor_from_proto, descriptor_to_proto, mount_from_proto
 from dockyard.api.services.diff.v1 import diff_pb2 as pb
 from dockyard.api.services.diff.v1 import diff_pb2_grpc
 from dockyard.api.types import mount_pb2
@@ -120,7 +120,7 @@ class DiffService(diff_pb2_grpc.DiffServicer):
     # -- mounts ----------------------------------------------------------------
 
     def _validated(self, mounts: list[mount_pb2.Mount], what: str) -> list[Mount]:
-        out = [Mount(m.type, m.source, list(m.options), m.target) for m in mounts]
+        out = [mount_from_proto(m) for m in mounts]
         roots = [os.path.realpath(sn.root) for sn in self.sup.snapshotters.values()]
         for m in out:
             for path in _paths_of(m):

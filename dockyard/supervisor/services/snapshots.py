@@ -25,6 +25,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from dockyard.api import topics
+from dockyard.api.convert import mount_to_proto
 from dockyard.api.events import snapshot_pb2 as events
 from dockyard.api.services.snapshots.v1 import snapshots_pb2 as pb
 from dockyard.api.services.snapshots.v1 import snapshots_pb2_grpc
@@ -35,7 +36,6 @@ from dockyard.image.content import validate_labels
 from dockyard.image.gc import gc_lock
 from dockyard.image.leases import Resource
 from dockyard.image.snapshots import Info, Kind, Snapshotter, snapshot_getter
-from dockyard.spec.mount import Mount
 from dockyard.supervisor.grpcutil import batches, namespace, rpc, to_timestamp
 from dockyard.supervisor.services.leases import lease_of
 
@@ -44,13 +44,6 @@ if TYPE_CHECKING:
 
 TARGET_LABEL = "containerd.io/snapshot.ref"
 _KINDS = {Kind.VIEW: pb.VIEW, Kind.ACTIVE: pb.ACTIVE, Kind.COMMITTED: pb.COMMITTED}
-
-
-def mount_messages(mounts: list[Mount]) -> list[mount_pb2.Mount]:
-    return [
-        mount_pb2.Mount(type=m.type, source=m.source, target=m.target, options=m.options)
-        for m in mounts
-    ]
 
 
 class Namespaced:
@@ -165,7 +158,7 @@ class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
             except BaseException:
                 v.sn.remove(v.key(key))
                 raise
-        return v, mount_messages(mounts)
+        return v, [mount_to_proto(m) for m in mounts]
 
     @rpc
     def Prepare(
@@ -189,7 +182,9 @@ class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
     def Mounts(self, request: pb.MountsRequest, context: grpc.ServicerContext) -> pb.MountsResponse:
         v = self._view(request.snapshotter, context)
         with v.errors():
-            return pb.MountsResponse(mounts=mount_messages(v.sn.mounts(v.key(request.key))))
+            return pb.MountsResponse(
+                mounts=[mount_to_proto(m) for m in v.sn.mounts(v.key(request.key))]
+            )
 
     @rpc
     def Commit(

@@ -24,6 +24,7 @@ import grpc
 from google.protobuf import any_pb2, empty_pb2
 
 from dockyard.api import typeurl
+from dockyard.api.convert import mount_to_proto
 from dockyard.api.runc.options import oci_pb2
 from dockyard.api.runtime.task.v2 import shim_pb2
 from dockyard.api.services.tasks.v1 import tasks_pb2 as pb
@@ -41,7 +42,6 @@ from dockyard.supervisor.grpcutil import (
     validate_identifier,
 )
 from dockyard.supervisor.metadata import Container
-from dockyard.supervisor.services.snapshots import mount_messages
 from dockyard.supervisor.shims import STATE_TIMEOUT, CreateOptions, Shim, ShimManager
 
 if TYPE_CHECKING:
@@ -102,9 +102,8 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
             return []  # the spec's root.path is the rootfs, as it is
         from dockyard.supervisor.daemon import snapshot_key
 
-        return mount_messages(
-            self.sup.snapshotter(c.snapshotter).mounts(snapshot_key(ns, c.snapshot_key))
-        )
+        mounts = self.sup.snapshotter(c.snapshotter).mounts(snapshot_key(ns, c.snapshot_key))
+        return [mount_to_proto(m) for m in mounts]
 
     # -- the task ------------------------------------------------------------------
 
