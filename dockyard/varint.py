@@ -55,3 +55,29 @@ def read_varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
         if shift >= 70:
             raise DecodeError("varint longer than 10 bytes")
+
+
+def read_field(data: bytes, pos: int) -> tuple[int, int, int | bytes, int]:
+    """The field at ``pos``: (number, wire type, value, the position after it).
+
+    The value is an int for a varint and the raw bytes otherwise (a
+    length-delimited payload, or the 8 or 4 bytes of a fixed field). Groups
+    (wire types 3 and 4, proto2 only) are refused.
+    """
+    key, pos = read_varint(data, pos)
+    number, wire = key >> 3, key & 7
+    if number == 0:
+        raise DecodeError("field number 0")
+    if wire == VARINT:
+        return (number, wire, *read_varint(data, pos))
+    if wire == LEN:
+        size, pos = read_varint(data, pos)
+    elif wire == FIXED64:
+        size = 8
+    elif wire == FIXED32:
+        size = 4
+    else:
+        raise DecodeError(f"field {number} has unsupported wire type {wire}")
+    if size > len(data) - pos:
+        raise DecodeError(f"field {number} runs past the end")
+    return number, wire, data[pos : pos + size], pos + size

@@ -21,13 +21,12 @@ descriptors of dockyard.api by the tests.
 from __future__ import annotations
 
 from dockyard.varint import (
-    FIXED32,
-    FIXED64,
     LEN,
     VARINT,
     DecodeError,
     put_len,
     put_varint,
+    read_field,
     read_varint,
 )
 
@@ -185,34 +184,16 @@ class Message:
         pos = 0
         end = len(data)
         while pos < end:
-            key, pos = read_varint(data, pos)
-            number, wire = key >> 3, key & 7
-            if number == 0:
-                raise DecodeError("field number 0")
-            if wire == VARINT:
-                value, pos = read_varint(data, pos)
-                payload = None
-            elif wire == LEN:
-                length, pos = read_varint(data, pos)
-                if pos + length > end:
-                    raise DecodeError("truncated field")
-                payload = data[pos : pos + length]
-                pos += length
-                value = 0
-            elif wire == FIXED64:
-                pos += 8
-                payload, value = None, 0
-            elif wire == FIXED32:
-                pos += 4
-                payload, value = None, 0
-            else:
-                raise DecodeError(f"unsupported wire type {wire}")
-            if pos > end:
-                raise DecodeError("truncated field")
+            number, wire, got, pos = read_field(data, pos)
             f = self._by_number.get(number)
             if f is None:
                 continue  # unknown field: skipped
-            self._set(f, wire, value, payload)
+            if isinstance(got, int):
+                self._set(f, wire, got, None)
+            elif wire == LEN:
+                self._set(f, wire, 0, got)
+            else:
+                self._set(f, wire, 0, None)  # fixed-width: no field of ours has one
 
     def _set(self, f: Field, wire: int, value: int, payload: bytes | None) -> None:
         if f.kind in (UINT, INT, BOOL):

@@ -26,14 +26,12 @@ import _socket
 import struct
 
 from dockyard.varint import (
-    FIXED32,
-    FIXED64,
     LEN,
     VARINT,
     DecodeError,
     put_len,
     put_varint,
-    read_varint,
+    read_field,
 )
 
 HEADER = struct.Struct(">IIBB")
@@ -146,30 +144,12 @@ def _fields(data: bytes, what: str) -> list[tuple[int, int, int | bytes]]:
     fields: list[tuple[int, int, int | bytes]] = []
     pos = 0
     end = len(data)
-    while pos < end:
-        key, pos = read_varint(data, pos)
-        number, wire_type = key >> 3, key & 7
-        if number == 0:
-            raise DecodeError(f"{what}: field number 0")
-        value: int | bytes
-        if wire_type == VARINT:
-            value, pos = read_varint(data, pos)
-        elif wire_type == LEN:
-            length, pos = read_varint(data, pos)
-            if length > end - pos:
-                raise DecodeError(f"{what}: field {number} runs past the end")
-            value = data[pos : pos + length]
-            pos += length
-        elif wire_type in (FIXED64, FIXED32):
-            size = 8 if wire_type == FIXED64 else 4
-            if size > end - pos:
-                raise DecodeError(f"{what}: field {number} runs past the end")
-            value = data[pos : pos + size]
-            pos += size
-        else:
-            # Groups (3, 4) are proto2-only; nothing in ttrpc uses them.
-            raise DecodeError(f"{what}: field {number} has unsupported wire type {wire_type}")
-        fields.append((number, wire_type, value))
+    try:
+        while pos < end:
+            number, wire_type, value, pos = read_field(data, pos)
+            fields.append((number, wire_type, value))
+    except DecodeError as e:
+        raise DecodeError(f"{what}: {e}") from None
     return fields
 
 
