@@ -50,7 +50,7 @@ from typing import IO, Any
 
 from dockyard.errors import AlreadyExists, InvalidArgument, NotFound
 from dockyard.image import reference
-from dockyard.image.archive._root import fold_dots
+from dockyard.image.archive import fold_dots
 from dockyard.image.archive.compression import NONE, decompressed
 from dockyard.image.content import ContentStore, Writer
 from dockyard.image.images import Image, ImageStore
