@@ -124,6 +124,19 @@ class TerminalProxy:
         self.threads[0].join(timeout=2)
         self.close()
 
+    def serve(self, pid: int) -> int:
+        """Copy until ``pid`` exits, signals forwarded to it; its exit code.
+        The terminal is restored and the proxy closed, also on failure."""
+        from dockyard.runtime.children import wait_forwarding_signals
+
+        try:
+            self.start(pid)
+            code = wait_forwarding_signals(pid)
+            self.finish()
+        finally:
+            self.close()
+        return code
+
     def close(self) -> None:
         if self.saved is not None:
             termios.tcsetattr(0, termios.TCSADRAIN, self.saved)

@@ -175,12 +175,9 @@ def exec_process(root: str, cid: str, opts: ExecOptions) -> int:
         return wait_forwarding_signals(pid)
     try:
         term.receive_master()
-        term.start(pid)
-        code = wait_forwarding_signals(pid)
-        term.finish()
+        return term.serve(pid)
     finally:
         term.close()
-    return code
 
 
 def _exec_child(ch: Channel, fin: Finalizer, console_fd: int | None, preserve_fds: int) -> NoReturn:

@@ -48,11 +48,7 @@ def run(root: str, cid: str, opts: CreateOptions, detach: bool) -> int:
         raise
     if detach:
         return 0
-    if term is not None:
-        term.start(s.pid)
-    code = wait_forwarding_signals(s.pid)
-    if term is not None:
-        term.finish()
+    code = term.serve(s.pid) if term is not None else wait_forwarding_signals(s.pid)
     _cleanup(s)
     return code
 
