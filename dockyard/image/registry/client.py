@@ -411,14 +411,10 @@ class Registry:
         except CONNECTION_ERRORS as e:
             raise RegistryError(f"{what}: {e}")
         if is_digest(ref):
-            actual = digest_of(data, ref.split(":", 1)[0])
-            if actual != ref:
-                raise InvalidArgument(f"{what}: content has digest {actual}")
+            _check_content(what, data, ref)
         header_digest = resp.header("Docker-Content-Digest")
-        if is_digest(header_digest) and digest_of(data, header_digest.split(":")[0]) != (
-            header_digest
-        ):
-            raise InvalidArgument(f"{what}: content does not match digest {header_digest}")
+        if is_digest(header_digest):
+            _check_content(what, data, header_digest, f" (the registry said {header_digest})")
         return data, self._manifest_media_type(what, data, resp.header("Content-Type"))
 
     @staticmethod
@@ -668,8 +664,7 @@ class Registry:
         if isinstance(data, bytes):
             if len(data) != size:
                 raise InvalidArgument(f"{what}: {len(data)} bytes given, size says {size}")
-            if digest_of(data, digest.split(":")[0]) != digest:
-                raise InvalidArgument(f"{what}: content has digest {digest_of(data)}")
+            _check_content(what, data, digest)
         scopes = self._scopes(repo, push=True)
         location = self._start_upload(repo, scopes, what)
         hasher = digester_for(digest)
@@ -743,9 +738,7 @@ class Registry:
         if len(data) > MAX_MANIFEST_SIZE:
             raise InvalidArgument(f"{what}: manifest over the 4 MiB limit")
         algorithm = ref.split(":")[0] if is_digest(ref) else "sha256"
-        digest = digest_of(data, algorithm)
-        if is_digest(ref) and digest != ref:
-            raise InvalidArgument(f"{what}: content has digest {digest}")
+        digest = _check_content(what, data, ref) if is_digest(ref) else digest_of(data, algorithm)
         url = self._url(repo, "manifests", ref)
         headers = {"Content-Type": media_type}
         resp = self._send("PUT", url, self._scopes(repo, push=True), what, headers, data)
@@ -809,3 +802,12 @@ def _pieces(
         hasher.update(chunk)
         sent += len(chunk)
         yield chunk
+
+
+def _check_content(what: str, data: bytes, digest: str, said: str = "") -> str:
+    """``digest``, once ``data`` is seen to have it (hashed with its algorithm);
+    InvalidArgument naming the digest the content has otherwise."""
+    actual = digest_of(data, digest.split(":", 1)[0])
+    if actual != digest:
+        raise InvalidArgument(f"{what}: content has digest {actual}{said}")
+    return digest
