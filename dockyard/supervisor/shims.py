@@ -887,9 +887,10 @@ class ShimManager:
     def _shutdown(self, shim: Shim) -> None:
         """Ask the shim to exit, and give it the time to: its bundle (where it
         reads the address of the socket it removes) and the log FIFO it may
-        still write to are removed only after it has gone."""
+        still write to are removed only after it has gone. A shim that also
+        serves other tasks (grouped: one sandbox) stays: it is not waited for."""
         pidfd = -1
-        if shim.shim_pid:
+        if shim.shim_pid and not self._serves_others(shim):
             try:
                 pidfd = os.pidfd_open(shim.shim_pid)
             except OSError:
@@ -912,6 +913,14 @@ class ShimManager:
         finally:
             if pidfd >= 0:
                 os.close(pidfd)
+
+    def _serves_others(self, shim: Shim) -> bool:
+        """Whether the process serving ``shim``'s task serves another listed task."""
+        with self._lock:
+            return any(
+                other is not shim and other.shim_pid == shim.shim_pid
+                for other in self._shims.values()
+            )
 
     def _close_log(self, shim: Shim) -> None:
         if shim.log_fd is not None:

@@ -118,14 +118,23 @@ class Runner:
         p = self.ctr("run", *self.run_flags(), *flags, self.sup.image.ref, cid, *args, check=check)
         return cid, p
 
-    def container(self, *args: str, cid: str | None = None, namespace: str | None = None) -> str:
-        """Record a container running ``args``; its id."""
+    def container(
+        self,
+        *args: str,
+        cid: str | None = None,
+        namespace: str | None = None,
+        annotations: dict[str, str] | None = None,
+    ) -> str:
+        """Record a container running ``args`` (its spec with ``annotations``); its id."""
         ns = namespace or self.sup.namespace
         cid = cid or self.new_id()
+        spec = self.spec(cid, list(args), ns)
+        if annotations:
+            spec["annotations"] = dict(annotations)
         record = containers_pb2.Container(
             id=cid,
             runtime=containers_pb2.Container.Runtime(name=self.runtime, options=self.options()),
-            spec=typeurl.pack_json(typeurl.SPEC, self.spec(cid, list(args), ns)),
+            spec=typeurl.pack_json(typeurl.SPEC, spec),
         )
         self.containers().Create(
             containers_pb2.CreateContainerRequest(container=record), metadata=self.sup.md(ns)

@@ -146,6 +146,39 @@ def test_detached_task_lifecycle(runner: Runner) -> None:
     host.wait_for(lambda: not shim_pids(cid), 10, f"the shim of {cid} to exit")
 
 
+def test_containers_of_one_sandbox_share_a_shim(shim: Runner) -> None:
+    """containerd's shim grouping: a container whose spec names a sandbox
+    (io.kubernetes.cri.sandbox-id) is served by the shim already serving that
+    sandbox, not a new one; the shim outlives the deletion of the task that
+    started it and ends with the last task it serves."""
+    group = {"io.kubernetes.cri.sandbox-id": "pod-" + shim.new_id()}
+    first = shim.container("sleep", "1000", annotations=group)
+    second = shim.container("sleep", "1000", annotations=group)
+    shim.start(first, detach=True)
+    shim.start(second, detach=True)
+    assert shim.sup.tasks()[first] == shim.sup.tasks()[second] == "RUNNING"
+    [serving] = shim_pids(first)  # started with the first task's id
+    assert shim_pids(second) == []
+    assert host.alive(serving)
+
+    shim.ctr("task", "kill", "--signal", "SIGKILL", first)
+    wait_for_status(shim, first, "STOPPED")
+    shim.ctr("task", "delete", first)
+    assert first not in shim.sup.tasks()
+    assert host.alive(serving)
+    # the supervisor knew the shim stays for the other task: it did not wait for it to end
+    waited = [ln for ln in shim.sup.log.read_text().splitlines() if f"task {first}: still" in ln]
+    assert not waited, waited
+    assert shim.sup.tasks()[second] == "RUNNING"
+    p = shim.exec(second, "e1", "echo", "still served")
+    assert (p.returncode, p.stdout) == (0, "still served\n"), p.stderr
+
+    shim.ctr("task", "kill", "--signal", "SIGKILL", second)
+    wait_for_status(shim, second, "STOPPED")
+    shim.ctr("task", "delete", second)
+    host.wait_for(lambda: not host.alive(serving), 10, "the grouped shim to exit")
+
+
 def test_kill_all_ends_the_execs_too(runner: Runner) -> None:
     cid = runner.container("sleep", "1000")
     runner.start(cid, detach=True)
