@@ -117,6 +117,18 @@ def test_an_envelope_without_an_event_is_passed_on_without_one(
     assert not received(events, topic).HasField("event")
 
 
+def test_an_event_published_without_an_event_goes_on_without_one(
+    supervisor: Supervisor, events: EventLog, topic: str
+) -> None:
+    with supervisor.channel() as ch:
+        events_pb2_grpc.EventsStub(ch).Publish(
+            events_pb2.PublishRequest(topic=topic), metadata=supervisor.md(), timeout=10
+        )
+    env = received(events, topic)
+    assert env.namespace == supervisor.namespace
+    assert not env.HasField("event")
+
+
 @PATHS
 @pytest.mark.parametrize(
     "fields",

@@ -54,10 +54,9 @@ class EventsService(events_pb2_grpc.EventsServicer):
 
     @rpc
     def Publish(self, request: pb.PublishRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
-        ns = namespace(context)
-        if not request.HasField("event"):
-            raise InvalidArgument(f"publish {request.topic!r}: no event")
-        self.sup.events.publish(ns, request.topic, request.event)
+        # as containerd's exchange: the topic is checked, an event is not
+        # required (one published without goes on without)
+        self.sup.events.publish(namespace(context), request.topic, request.event)
         return empty_pb2.Empty()
 
     @rpc
