@@ -19,8 +19,8 @@ dir, imports the same busybox image into each, and measures:
           shim (its pid and descendants outside the container's pid
           namespace); medians per container. target: our PSS <= runc shim's
   idle    RSS and PSS of each daemon after start + image import, no
-          containers (and again after the other phases, when they ran)
-          target: our PSS <= containerd's
+          containers (and again after the other phases, when they ran);
+          reported side by side (the issue asks for idle RSS, no target)
 
 ``--profile`` adds a breakdown of ``ctr run --rm``: a second supervisor whose
 gRPC handlers, shim calls and shim commands are timed from inside (a wrapper
@@ -1170,12 +1170,12 @@ def results(
         }
     start = idle.get("after start + import", {})
     if "dockyard-supervisor" in start and "containerd" in start:
+        # reported side by side; the issue sets no target for it
         ours_u, ref_u = start["dockyard-supervisor"], start["containerd"]
-        targets["idle_pss"] = {
-            "value_kib": ours_u.pss,
-            "target_kib": ref_u.pss,
-            "ratio": round(ours_u.pss / ref_u.pss, 2) if ref_u.pss else None,
-            "met": ours_u.pss <= ref_u.pss,
+        res["idle_compared"] = {
+            "rss_kib": [ours_u.rss, ref_u.rss],
+            "pss_kib": [ours_u.pss, ref_u.pss],
+            "rss_ratio": round(ours_u.rss / ref_u.rss, 2) if ref_u.rss else None,
         }
     res["targets"] = targets
     return res
@@ -1235,11 +1235,12 @@ def print_tables(res: dict[str, Any], lines: list[Line], mem_lines: list[Line]) 
             f"  shim PSS <= containerd-shim-runc-v2's: {mib(r['value_kib'])} vs "
             f"{mib(r['target_kib'])} MiB ({r['ratio']:.2f}x)  {verdict(r['met'])}"
         )
-    if "idle_pss" in t:
-        r = t["idle_pss"]
+    if "idle_compared" in res:
+        c = res["idle_compared"]
         print(
-            f"  idle supervisor PSS <= containerd's: {mib(r['value_kib'])} vs "
-            f"{mib(r['target_kib'])} MiB ({r['ratio']:.2f}x)  {verdict(r['met'])}"
+            f"  reported, no target: idle supervisor RSS {mib(c['rss_kib'][0])} vs "
+            f"containerd {mib(c['rss_kib'][1])} MiB ({c['rss_ratio']:.2f}x); "
+            f"PSS {mib(c['pss_kib'][0])} vs {mib(c['pss_kib'][1])} MiB"
         )
     for line in [*lines, *mem_lines]:
         if line.failed:
