@@ -22,7 +22,8 @@ keeps what it lists but not what their labels refer to.
 
 The sweep deletes every other blob, removes every other snapshot, children
 before parents (active ones too: only a lease or a container keeps those),
-and aborts ingests untouched for ``ingest_age`` that no lease holds.
+and aborts ingests that no lease holds once they expire: ``ingest_age``
+after their last write, or when the caller's ``ingest_expires`` says.
 
 Namespaced content (the supervisor's, as containerd's metadata): with
 ``records`` (namespace -> blob, with that namespace's labels) a blob is kept
@@ -338,6 +339,7 @@ def collect(
     records: BlobRecords | None = None,
     mark_roots: Callable[[Marker], None] | None = None,
     ingest_ref: Callable[[str, str], str] | None = None,
+    ingest_expires: Callable[[str], datetime | None] | None = None,
     root: str | None = None,
     lock: bool = True,
     lock_timeout: float | None = None,
@@ -356,7 +358,11 @@ def collect(
     record nothing keeps is removed, and a blob leaves ``content`` once no
     record is left. ``mark_roots(marker)`` marks what else is in use (the
     containers); ``ingest_ref(namespace, ref)`` names the backend ingest of a
-    lease's ``ingests`` resource.
+    lease's ``ingests`` resource; ``ingest_expires(ref)`` says from when a
+    backend ingest that no lease holds may go (containerd's: at once for
+    one written under a lease, 24 hours after it was opened otherwise), or
+    None when the caller does not know it (then ``ingest_age`` after its
+    last write, as without the argument).
     """
     run = functools.partial(
         _collect,
@@ -370,6 +376,7 @@ def collect(
         records=records,
         mark_roots=mark_roots,
         ingest_ref=ingest_ref or (lambda namespace, ref: ref),
+        ingest_expires=ingest_expires or (lambda ref: None),
         now=now or datetime.now(UTC),
     )
     if not lock:
@@ -391,6 +398,7 @@ def _collect(
     records: BlobRecords | None,
     mark_roots: Callable[[Marker], None] | None,
     ingest_ref: Callable[[str, str], str],
+    ingest_expires: Callable[[str], datetime | None],
     now: datetime,
 ) -> Report:
     report = Report(dry_run=dry_run)
@@ -476,9 +484,11 @@ def _collect(
                     continue  # a child appeared meanwhile (not under the gc lock): keep it
             report.snapshots.append((name, key))
 
-    cutoff = now - ingest_age
     for status in content.statuses():
-        if status.ref in leased_ingests or status.updated_at > cutoff:
+        expires = ingest_expires(status.ref)
+        if expires is None:
+            expires = status.updated_at + ingest_age
+        if status.ref in leased_ingests or expires > now:
             continue
         if not dry_run:
             try:

@@ -15,6 +15,10 @@ the blobs it committed. This module does the same over ``ContentStore``:
   second pull transfers nothing.
 - what is written under a lease (``containerd-lease``) is added to it: the
   ingest when the write opens, the blob at commit (and the ingest taken off).
+- an ``ingests`` table says when an ingest that no lease holds may be
+  aborted by garbage collection, as containerd's ``expireat``: an ingest
+  opened without a lease 24 hours after it was (last) opened, one opened
+  under a lease at once, when that lease is gone.
 
 A blob leaves the backend only through garbage collection, once no
 namespace has a record of it (``dockyard.supervisor.gc``). Every commit
@@ -60,7 +64,16 @@ CREATE TABLE IF NOT EXISTS content (
     updated INTEGER NOT NULL,
     PRIMARY KEY (namespace, digest)
 );
+CREATE TABLE IF NOT EXISTS ingests (
+    namespace TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    expires INTEGER NOT NULL,  -- ns since the epoch; 0: when no lease holds it
+    PRIMARY KEY (namespace, ref)
+);
 """
+
+# How long an ingest opened without a lease is kept (containerd's expireat).
+INGEST_EXPIRY_NS = 24 * 3600 * 1_000_000_000
 
 
 class OutOfRange(InvalidArgument):
@@ -231,8 +244,48 @@ class NamespacedContent:
             self.backend.abort(backend_ref(ns, ref))
         except NotFound:
             raise NotFound(f"ingest {ref!r}: not found") from None
+        self._forget_ingest(ns, ref)
         if lease:
             self._unlease(ns, lease, Resource("ingests", ref))
+
+    # -- ingests' expiry ------------------------------------------------------
+
+    def _note_ingest(self, ns: str, ref: str, leased: bool) -> None:
+        """An ingest was opened: without a lease it may go 24 hours from now
+        (each unleased open moves that on); under one, once no lease holds it."""
+        with self.lock:
+            if leased:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO ingests (namespace, ref, expires) VALUES (?, ?, 0)",
+                    (ns, ref),
+                )
+            else:
+                self.db.execute(
+                    "INSERT INTO ingests (namespace, ref, expires) VALUES (?, ?, ?)"
+                    " ON CONFLICT (namespace, ref) DO UPDATE SET expires = excluded.expires",
+                    (ns, ref, time.time_ns() + INGEST_EXPIRY_NS),
+                )
+
+    def _forget_ingest(self, ns: str, ref: str) -> None:
+        with self.lock:
+            self.db.execute("DELETE FROM ingests WHERE namespace = ? AND ref = ?", (ns, ref))
+
+    def ingest_expiries(self) -> dict[str, datetime]:
+        """Backend ingest -> from when garbage collection may abort it (if no
+        lease holds it); records of ingests the backend no longer has are dropped."""
+        with self.lock:
+            rows = self.db.execute("SELECT namespace, ref, expires FROM ingests").fetchall()
+        # listed after the records were read: a record is made once its backend
+        # ingest exists, so a live ingest of any record read is in the list
+        live = {st.ref for st in self.backend.statuses()}
+        out: dict[str, datetime] = {}
+        for ns, ref, expires in rows:
+            name = backend_ref(ns, ref)
+            if name in live:
+                out[name] = from_unix_nanos(int(expires))
+            else:
+                self._forget_ingest(ns, ref)
+        return out
 
     def _unlease(self, ns: str, lease: str, res: Resource) -> None:
         with contextlib.suppress(NotFound):
@@ -272,6 +325,8 @@ class NamespacedContent:
         try:
             if lease:
                 self.leases.add_resource(ns, lease, Resource("ingests", ref))
+            if backend is not None:
+                self._note_ingest(ns, ref, leased=bool(lease))
         except BaseException:
             if backend is not None:
                 backend.close()
@@ -390,6 +445,7 @@ class NamespacedWriter:
                 self.store._insert(ns, digest, actual_size, labels)
             except AlreadyExists:
                 exists = True
+            self.store._forget_ingest(ns, self.ref)
             if self.lease:
                 self.store._unlease(ns, self.lease, Resource("ingests", self.ref))
                 self.store.leases.add_resource(ns, self.lease, Resource("content", digest))

@@ -64,6 +64,7 @@ class Collector:
                 records=sup.namespaced_content,
                 mark_roots=mark_containers,
                 ingest_ref=backend_ref,
+                ingest_expires=sup.namespaced_content.ingest_expiries().get,
                 root=sup.config.root,
             )
         if report.records or report.blobs or report.snapshots or report.ingests or report.leases:

@@ -408,6 +408,28 @@ def test_stale_ingests_go_fresh_and_leased_stay(store: Store) -> None:
     assert store.gc(ingest_age=timedelta(0)).ingests == ["fresh"]
 
 
+def test_ingest_expiry_given_by_the_caller(store: Store) -> None:
+    """``ingest_expires`` overrides the age rule where it knows: due (leased
+    once, its lease gone) goes though fresh; not due stays though stale; an
+    ingest it does not know keeps the age rule; a lease keeps any of them."""
+    for ref in ("due", "not-due", "unknown-stale", "due-but-leased"):
+        with store.content.writer(ref) as w:
+            w.write(b"partial")
+    _stale(store, "not-due", timedelta(hours=25))
+    _stale(store, "unknown-stale", timedelta(hours=25))
+    held = store.leases.create(NS)
+    store.leases.add_resource(NS, held.id, Resource("ingests", "due-but-leased"))
+    now = datetime.now(UTC)
+    expires = {
+        "due": datetime(1970, 1, 1, tzinfo=UTC),
+        "not-due": now + timedelta(hours=1),
+        "due-but-leased": datetime(1970, 1, 1, tzinfo=UTC),
+    }
+    report = store.gc(ingest_expires=expires.get)
+    assert sorted(report.ingests) == ["due", "unknown-stale"]
+    assert sorted(s.ref for s in store.content.statuses()) == ["due-but-leased", "not-due"]
+
+
 def test_gc_waits_for_a_shared_lock(store: Store) -> None:
     blob = put(store.content, b"garbage")
     done = threading.Event()

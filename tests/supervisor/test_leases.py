@@ -155,6 +155,37 @@ def test_what_a_lease_holds_survives_gc_until_it_goes(
         stubs.snapshots.Stat(stat, metadata=md(ns, None))
 
 
+def active(stubs: Stubs, ns: str) -> set[str]:
+    """The namespace's ingests (``ctr content active``)."""
+    listed = stubs.content.ListStatuses(cpb.ListStatusesRequest(), metadata=md(ns, None))
+    return {st.ref for st in listed.statuses}
+
+
+def open_ingest(stubs: Stubs, ns: str, ref: str, lease: str | None) -> None:
+    """An ingest with a few bytes, its stream ended without a commit."""
+    reqs = iter([cpb.WriteContentRequest(action=cpb.WRITE, ref=ref, total=100, data=b"partial")])
+    list(stubs.content.Write(reqs, metadata=md(ns, lease)))
+
+
+def test_an_ingest_goes_with_its_lease_and_one_without_a_lease_stays(
+    supervisor: Supervisor, stubs: Stubs, ns: str
+) -> None:
+    """containerd's rule: an ingest opened under a lease is collected once no
+    lease holds it; one opened without stays for 24 hours (expireat)."""
+    create(stubs, ns, "fetching")
+    open_ingest(stubs, ns, "leased", "fetching")
+    open_ingest(stubs, ns, "unleased", None)
+    collect(stubs, ns)
+    assert active(stubs, ns) == {"leased", "unleased"}
+
+    stubs.leases.Delete(lpb.DeleteRequest(id="fetching", sync=True), metadata=md(ns, None))
+    assert active(stubs, ns) == {"unleased"}
+    collect(stubs, ns)
+    assert active(stubs, ns) == {"unleased"}
+    stubs.content.Abort(cpb.AbortRequest(ref="unleased"), metadata=md(ns, None))
+    assert active(stubs, ns) == set()
+
+
 def test_an_expired_lease_keeps_nothing(supervisor: Supervisor, stubs: Stubs, ns: str) -> None:
     create(stubs, ns, "old", **{"containerd.io/gc.expire": "2001-01-01T00:00:00Z"})
     data = b"held by an expired lease"
