@@ -8,6 +8,7 @@ no call sees another namespace's images. The name is the full reference
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import time
@@ -17,6 +18,7 @@ from datetime import datetime
 
 from dockyard.errors import AlreadyExists, InvalidArgument, NotFound
 from dockyard.fieldpaths import update_map
+from dockyard.image.content import validate_labels
 from dockyard.image.sqlite import Store
 from dockyard.spec.image import Descriptor
 from dockyard.unixtime import from_unix_nanos
@@ -124,6 +126,11 @@ class ImageStore(Store):
     def update(
         self, namespace: str, image: Image, fieldpaths: Sequence[str] | None = None
     ) -> Image:
+        """containerd's image update: ``fieldpaths`` (default: target and labels)
+        of ``target``, ``labels``, ``labels.<key>``, ``annotations``,
+        ``annotations.<key>`` (the target's) are taken from ``image``, the rest
+        kept; a label or annotation left empty is removed, as containerd
+        writes them. The updated record."""
         self._check(namespace, image.name)
         db = self.db
         # one read, in the write's transaction: no other update lands in between,
@@ -138,13 +145,23 @@ class ImageStore(Store):
                 raise NotFound(f"image {image.name!r} not found in namespace {namespace!r}")
             target = Descriptor.from_json(json.loads(row[0]))
             labels: dict[str, str] = json.loads(row[1])
+            annotations = dict(target.annotations)
             for p in fieldpaths or ["target", "labels"]:
                 if p == "target":
                     target = image.target
-                elif update_map(labels, image.labels, p, "labels"):
+                    annotations = dict(image.target.annotations)
+                elif update_map(annotations, image.target.annotations, p, "annotations"):
                     pass
-                else:
-                    raise InvalidArgument(f"cannot update image field {p!r}")
+                elif not update_map(labels, image.labels, p, "labels"):
+                    raise InvalidArgument(
+                        f"image {image.name!r}: cannot update field {p!r} (labels,"
+                        " labels.<key>, target, annotations, annotations.<key>)"
+                    )
+            labels = {k: v for k, v in labels.items() if v}
+            validate_labels(labels)
+            target = dataclasses.replace(
+                target, annotations={k: v for k, v in annotations.items() if v}
+            )
             now = time.time_ns()
             db.execute(
                 "UPDATE images SET target = ?, labels = ?, updated = ?"

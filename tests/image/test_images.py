@@ -66,6 +66,24 @@ def test_update_refuses_an_unknown_field(store: ImageStore) -> None:
     assert (img.target.digest, img.labels) == (DIGEST, {"a": "1"})
 
 
+def test_update_annotations_and_empty_values(store: ImageStore) -> None:
+    """The target's annotations by path, as containerd's images service takes
+    them; an empty label or annotation is removed; a bad label refused whole."""
+    annotated = Descriptor(MediaType.OCI_MANIFEST, DIGEST, 123, annotations={"a": "1", "b": "2"})
+    store.put("ns", Image("x:1", annotated, {"keep": "1", "gone": "2"}))
+    only = Descriptor("", "", 0, annotations={"b": "", "c": "3"})
+    img = store.update(
+        "ns", Image("x:1", only, {"gone": ""}), ["annotations.b", "annotations.c", "labels.gone"]
+    )
+    assert dict(img.target.annotations) == {"a": "1", "c": "3"}
+    assert img.target.digest == DIGEST and img.target.size == 123
+    assert img.labels == {"keep": "1"}
+    assert store.get("ns", "x:1") == img
+    with pytest.raises(InvalidArgument, match="label"):
+        store.update("ns", Image("x:1", target(), {"k" * 5000: "v"}), ["labels"])
+    assert store.get("ns", "x:1").labels == {"keep": "1"}
+
+
 def test_walk_all_spans_namespaces(store: ImageStore) -> None:
     store.create("a", Image("x:1", target(), {"k": "v"}))
     store.create("b", Image("y:2", target(OTHER)))

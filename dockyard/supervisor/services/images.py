@@ -10,7 +10,6 @@ replaces the record, else sets ``labels``, ``labels.<key>``, ``target``,
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING
 
 import grpc
@@ -23,7 +22,7 @@ from dockyard.api.services.images.v1 import images_pb2 as pb
 from dockyard.api.services.images.v1 import images_pb2_grpc
 from dockyard.api.types import descriptor_pb2
 from dockyard.errors import InvalidArgument
-from dockyard.fieldpaths import update_labels, update_map
+from dockyard.fieldpaths import update_labels
 from dockyard.filters import Getter, map_field, matcher
 from dockyard.image.images import Image
 from dockyard.spec.image import Descriptor, parse_digest
@@ -81,8 +80,6 @@ class ImagesService(images_pb2_grpc.ImagesServicer):
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
         self.images = sup.images
-        # an update reads, changes and writes the record: one at a time
-        self._update_lock = threading.Lock()
 
     @rpc
     def Get(
@@ -124,34 +121,14 @@ class ImagesService(images_pb2_grpc.ImagesServicer):
         ns = namespace(context)
         m = request.image
         what = _what(m.name)
-        paths = list(request.update_mask.paths)
-        with self._update_lock:
-            old = self.images.get(ns, m.name)
-            target, labels = old.target, dict(old.labels)
-            annotations = dict(target.annotations)
-            label_paths = []
-            for path in paths or ["target", "labels"]:
-                if path == "target":
-                    target = descriptor(m.target, what)
-                    annotations = dict(target.annotations)
-                elif update_map(annotations, m.target.annotations, path, "annotations"):
-                    pass
-                elif path == "labels" or path.startswith("labels."):
-                    label_paths.append(path)
-                else:
-                    raise InvalidArgument(
-                        f"{what}: cannot update field {path!r} (labels, labels.<key>, target,"
-                        " annotations, annotations.<key>)"
-                    )
-            if label_paths:
-                labels = update_labels(labels, m.labels, label_paths, what)
-            target = Descriptor(
-                target.media_type,
-                target.digest,
-                target.size,
-                annotations={k: v for k, v in annotations.items() if v},
-            )
-            updated = self.images.update(ns, Image(m.name, target, labels), ["target", "labels"])
+        paths = list(request.update_mask.paths) or ["target", "labels"]
+        # the store applies the mask in the transaction of its write; a target
+        # is checked only when the mask takes it (else only its annotations count)
+        if "target" in paths:
+            target = descriptor(m.target, what)
+        else:
+            target = Descriptor("", "", 0, annotations=dict(m.target.annotations))
+        updated = self.images.update(ns, Image(m.name, target, dict(m.labels)), paths)
         self.sup.events.publish(
             ns, topics.IMAGE_UPDATE, events.ImageUpdate(name=updated.name, labels=updated.labels)
         )
