@@ -12,9 +12,9 @@ stdio copies and the exit handlers run in threads of their own.
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # no enum member for every number
+import _socket  # not socket: see dockyard.ttrpc.wire
 import os
 import signal
-import socket
 import threading
 
 from dockyard.shim import log, preload
@@ -96,7 +96,7 @@ def serve(flags: Flags) -> int:
 
         listener = new_socket("unix://" + flags.socket)
     else:
-        listener = socket.socket(fileno=3)
+        listener = _socket.socket(fileno=3)
         # Inherited as fd 3: no command the shim starts may inherit it too.
         os.set_inheritable(listener.fileno(), False)
 
