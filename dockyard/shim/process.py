@@ -16,8 +16,8 @@ exec_state.go).
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # not signal: see server.py
 import os
-import signal
 import threading
 import time
 
@@ -252,7 +252,7 @@ class Init(Process):
     def kill_all(self) -> None:
         """SIGKILL every process of the container (its init has exited)."""
         try:
-            self.runtime.kill(self.id, signal.SIGKILL, all=True)
+            self.runtime.kill(self.id, _signal.SIGKILL, all=True)
         except RuntimeFailure:
             pass  # nothing left to kill, or the container is gone
 

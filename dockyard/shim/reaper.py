@@ -16,9 +16,9 @@ actions (``delete``), where nothing else reaps.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # not signal: see server.py
 import gc
 import os
-import signal
 import sys
 import threading
 import time
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 # Signals the shim ignores or handles that its commands must get back at their
 # defaults (Python ignores SIGPIPE and SIGXFSZ; ignoring survives exec).
-_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+_DEFAULT_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
 
 
 class Exit:
@@ -143,7 +143,7 @@ def _child(fn: Callable[[], int], fds: tuple[int, int, int]) -> None:
             else:
                 os.dup2(fd, i)
         _close_from(3)
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
         sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
         sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
         sys.stderr = open(  # noqa: SIM115

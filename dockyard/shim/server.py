@@ -11,10 +11,11 @@ stdio copies and the exit handlers run in threads of their own.
 
 from __future__ import annotations
 
-import _signal  # type: ignore[import-not-found]  # no enum member for every number
+# _signal, not signal: sigwait may return a number with no enum member, and
+# signal.py imports enum (and functools) on every shim start.
+import _signal  # type: ignore[import-not-found]
 import _socket  # not socket: see dockyard.ttrpc.wire
 import os
-import signal
 import threading
 
 from dockyard.shim import log, preload
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
     from dockyard.shim.main import Flags
 
-SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGUSR2}
+SIGNALS = {_signal.SIGCHLD, _signal.SIGTERM, _signal.SIGINT, _signal.SIGUSR2}
 # How long the ending shim waits for its last answers and events to go out.
 DRAIN_TIMEOUT = 5.0
 
@@ -89,7 +90,7 @@ def serve(flags: Flags) -> int:
     _log_to_fifo()
     log.configure(debug=flags.debug, namespace=flags.namespace, pid=str(os.getpid()))
     # Before any thread exists, so that every thread inherits the mask.
-    _signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, SIGNALS)
     _set_subreaper()
     if flags.socket:
         from dockyard.shim.manager import new_socket
@@ -104,7 +105,7 @@ def serve(flags: Flags) -> int:
 
     def request_shutdown() -> None:
         ending.set()
-        os.kill(os.getpid(), signal.SIGUSR2)
+        os.kill(os.getpid(), _signal.SIGUSR2)
 
     publisher = Publisher(os.environ.get("TTRPC_ADDRESS", ""), flags.namespace)
     reaper = Reaper()
@@ -120,9 +121,9 @@ def serve(flags: Flags) -> int:
 
     while True:
         sig = _signal.sigwait(SIGNALS)
-        if sig == signal.SIGCHLD:
+        if sig == _signal.SIGCHLD:
             reaper.reap()
-        elif sig in (signal.SIGTERM, signal.SIGINT):
+        elif sig in (_signal.SIGTERM, _signal.SIGINT):
             log.info(f"caught signal {sig}: ending")
             break
         elif ending.is_set():
