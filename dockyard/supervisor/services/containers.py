@@ -15,7 +15,7 @@ from dockyard.api.events import container_pb2 as events
 from dockyard.api.services.containers.v1 import containers_pb2 as pb
 from dockyard.api.services.containers.v1 import containers_pb2_grpc
 from dockyard.errors import FailedPrecondition, InvalidArgument
-from dockyard.filters import matcher
+from dockyard.filters import map_field, matcher
 from dockyard.supervisor.grpcutil import namespace, rpc, to_timestamp
 from dockyard.supervisor.metadata import Container, Typed
 
@@ -74,8 +74,8 @@ def _field(c: Container, path: list[str]) -> str | None:
         return c.runtime
     if path == ["snapshotter"]:
         return c.snapshotter
-    if len(path) >= 2 and path[0] == "labels":
-        return c.labels.get(".".join(path[1:]))
+    if path[:1] == ["labels"]:
+        return map_field(c.labels, path[1:])
     return None
 
 
