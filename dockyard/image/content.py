@@ -81,7 +81,6 @@ from dockyard.errors import (
     SystemFailure,
 )
 from dockyard.filters import Getter, map_field, matcher
-from dockyard.filters import parse_filter as parse_filter  # callers import it from here
 from dockyard.spec.image import DIGEST_ALGORITHMS, Digester, parse_digest
 
 CHUNK = 1 << 20

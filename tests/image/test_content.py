@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from dockyard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from dockyard.image.content import ContentStore, IngestLocked, parse_filter
+from dockyard.filters import parse_filter
+from dockyard.image.content import ContentStore, IngestLocked
 from dockyard.spec.image import digest_of
 
 
