@@ -105,9 +105,11 @@ def test_round_trip_through_the_protobuf_runtime(cls: type[Message]) -> None:
     ours = _sample(cls)
     data = ours.SerializeToString()
     theirs = generated(cls).FromString(data)
-    assert theirs.SerializeToString(deterministic=True) == generated(cls).FromString(
-        theirs.SerializeToString()
-    ).SerializeToString(deterministic=True)
+    # Byte for byte the runtime's own encoding (field order, packed repeated
+    # scalars, defaults left out); but the runtime writes a map entry's empty
+    # value, which we leave out as proto3 allows.
+    if all(f.kind != codec.MAP for f in cls._fields):
+        assert data == theirs.SerializeToString(deterministic=True)
     back = cls.FromString(theirs.SerializeToString())
     assert back == ours
     # Field by field for the scalars (the runtime's view of our bytes).
