@@ -48,7 +48,7 @@ from dockyard.client.diff import DiffService
 from dockyard.client.events import EventsService
 from dockyard.client.images import ImagesService
 from dockyard.client.introspection import IntrospectionService
-from dockyard.client.leases import DEFAULT_EXPIRATION, Lease, LeasesService
+from dockyard.client.leases import DEFAULT_EXPIRE, Lease, LeasesService
 from dockyard.client.namespaces import NamespacesService
 from dockyard.client.rpc import Connection
 from dockyard.client.snapshots import DEFAULT_SNAPSHOTTER, SnapshotsService
@@ -158,7 +158,7 @@ class Client:
         self,
         *,
         labels: Mapping[str, str] | None = None,
-        expire: timedelta | None = DEFAULT_EXPIRATION,
+        expire: timedelta | None = DEFAULT_EXPIRE,
     ) -> Iterator[str]:
         """Run the block's requests under a lease, made now and deleted after
         (the Go client's ``WithLease``): what they make is kept until

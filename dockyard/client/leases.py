@@ -14,31 +14,17 @@ import builtins
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from dockyard.api.services.leases.v1 import leases_pb2 as pb
 from dockyard.api.services.leases.v1 import leases_pb2_grpc
 from dockyard.client.rpc import Connection, from_timestamp
 
-EXPIRE_LABEL = "containerd.io/gc.expire"
-DEFAULT_EXPIRATION = timedelta(hours=24)
+# A lease and a resource are the image library's types, as an image record
+# is: the client and the lease store share them, and the expiry label.
+from dockyard.image.leases import DEFAULT_EXPIRE, EXPIRE_LABEL, Lease, Resource, format_time
 
-
-@dataclass
-class Lease:
-    id: str
-    labels: dict[str, str] = field(default_factory=dict)
-    created_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Resource:
-    """Something a lease holds: ``type`` is e.g. ``content``, ``ingests`` or
-    ``snapshots/<snapshotter>``; ``id`` its digest, ref or key."""
-
-    id: str
-    type: str
+__all__ = ["DEFAULT_EXPIRE", "Lease", "LeasesService", "Resource", "random_id"]
 
 
 def random_id() -> str:
@@ -51,11 +37,6 @@ def _from_proto(msg: pb.Lease) -> Lease:
     return Lease(msg.id, dict(msg.labels), from_timestamp(msg.created_at))
 
 
-def _expire_value(at: datetime) -> str:
-    # Go's time.RFC3339, which containerd's collector parses
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class LeasesService:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -66,12 +47,12 @@ class LeasesService:
         id: str | None = None,
         *,
         labels: Mapping[str, str] | None = None,
-        expire: timedelta | None = DEFAULT_EXPIRATION,
+        expire: timedelta | None = DEFAULT_EXPIRE,
     ) -> Lease:
         """A new lease (random id if none given), ending after ``expire`` if not None."""
         all_labels = dict(labels or {})
         if expire is not None and EXPIRE_LABEL not in all_labels:
-            all_labels[EXPIRE_LABEL] = _expire_value(datetime.now(UTC) + expire)
+            all_labels[EXPIRE_LABEL] = format_time(datetime.now(UTC) + expire)
         req = pb.CreateRequest(id=id or random_id(), labels=all_labels)
         return _from_proto(self._conn.call(self._stub.Create, req).lease)
 
@@ -95,4 +76,4 @@ class LeasesService:
 
     def list_resources(self, id: str) -> builtins.list[Resource]:
         resp = self._conn.call(self._stub.ListResources, pb.ListResourcesRequest(id=id))
-        return [Resource(r.id, r.type) for r in resp.resources]
+        return [Resource(type=r.type, id=r.id) for r in resp.resources]

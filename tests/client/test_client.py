@@ -610,7 +610,7 @@ def test_leases(ns: Client) -> None:
     data = b"by hand\n"
     with ns.use_lease("mine"):
         ns.content.write_blob(data, digest(data))
-    held = Resource(digest(data), "content")
+    held = Resource(type="content", id=digest(data))
     ns.leases.add_resource("mine", held)
     assert held in ns.leases.list_resources("mine")
     ns.leases.delete_resource("mine", held)
