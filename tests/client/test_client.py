@@ -606,19 +606,22 @@ def test_leases(ns: Client) -> None:
     assert ns.leases.list() == []
     made = ns.leases.create("mine", expire=None)
     assert made.labels == {}
-    # a resource added by hand is held, and let go
+    # what is written under an existing lease is held by it
     data = b"by hand\n"
     with ns.use_lease("mine"):
         ns.content.write_blob(data, digest(data))
     held = Resource(type="content", id=digest(data))
-    ns.leases.add_resource("mine", held)
     assert held in ns.leases.list_resources("mine")
+    # a resource is let go, and added by hand (not there before the add)
     ns.leases.delete_resource("mine", held)
     assert held not in ns.leases.list_resources("mine")
+    ns.leases.add_resource("mine", held)
+    assert held in ns.leases.list_resources("mine")
     ns.leases.delete("mine", sync=True)
-    # nothing kept the blob once its lease went
-    with pytest.raises(NotFound):
-        ns.content.info(digest(b"leased\n"))
+    # nothing kept the blobs once their leases went
+    for gone in (b"leased\n", data):
+        with pytest.raises(NotFound):
+            ns.content.info(digest(gone))
 
 
 def test_delete_everything_and_nothing_remains(
