@@ -24,9 +24,6 @@ class NamespacesService(namespace_pb2_grpc.NamespacesServicer):
         self.sup = sup
         self.meta = sup.metadata
 
-    def _message(self, name: str) -> pb.Namespace:
-        return pb.Namespace(name=name, labels=self.meta.get_namespace(name))
-
     @rpc
     def Get(
         self, request: pb.GetNamespaceRequest, context: grpc.ServicerContext
@@ -49,13 +46,13 @@ class NamespacesService(namespace_pb2_grpc.NamespacesServicer):
         self, request: pb.CreateNamespaceRequest, context: grpc.ServicerContext
     ) -> pb.CreateNamespaceResponse:
         ns = request.namespace
-        validate_identifier("namespace", ns.name)
         labels = dict(ns.labels)
-        self.meta.create_namespace(ns.name, labels)
+        self.meta.create_namespace(ns.name, labels)  # checks the name and labels
         self.sup.events.publish(
             ns.name, topics.NAMESPACE_CREATE, events.NamespaceCreate(name=ns.name, labels=labels)
         )
-        return pb.CreateNamespaceResponse(namespace=self._message(ns.name))
+        # answered with what was written, not with the row read back
+        return pb.CreateNamespaceResponse(namespace=pb.Namespace(name=ns.name, labels=labels))
 
     @rpc
     def Update(
@@ -72,7 +69,7 @@ class NamespacesService(namespace_pb2_grpc.NamespacesServicer):
         self.sup.events.publish(
             ns.name, topics.NAMESPACE_UPDATE, events.NamespaceUpdate(name=ns.name, labels=labels)
         )
-        return pb.UpdateNamespaceResponse(namespace=self._message(ns.name))
+        return pb.UpdateNamespaceResponse(namespace=pb.Namespace(name=ns.name, labels=labels))
 
     @rpc
     def Delete(
