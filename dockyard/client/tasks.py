@@ -443,7 +443,7 @@ class Task(Process):
         creator: cio.Creator = cio.null_io,
     ) -> Process:
         """Add process ``exec_id`` (an OCI ``process`` object) with stdio from
-        ``creator``; start it with ``start()``. See ``Container.exec_process``
+        ``creator``; start it with ``start()``. See ``Container.process_spec``
         for one made from the container's own."""
         if not exec_id:
             raise InvalidArgument(f"exec in {self.container_id!r}: exec id must not be empty")
