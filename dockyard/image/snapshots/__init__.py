@@ -68,7 +68,6 @@ __all__ = [
     "Unsupported",
     "Usage",
     "disk_usage",
-    "match_filters",
     "snapshot_getter",
 ]
 
@@ -159,11 +158,6 @@ def snapshot_getter(info: Info) -> Getter:
         return None
 
     return get
-
-
-def match_filters(info: Info, filters: Iterable[str] | None) -> bool:
-    """True if any filter matches (each filter: comma-separated selectors, all must match)."""
-    return matcher(filters or [])(snapshot_getter(info))
 
 
 # --- the common machinery ----------------------------------------------------
