@@ -62,6 +62,7 @@ from dockyard.errors import (
     NotFound,
     SystemFailure,
 )
+from dockyard.shim.manager import read_address
 from dockyard.shim.template import SHIM_NAME as TEMPLATE_SHIM
 from dockyard.shim.template import Template, TemplateError
 from dockyard.supervisor.grpcutil import validate_identifier
@@ -865,10 +866,7 @@ class ShimManager:
             # The shim published the task's exit and delete itself.
             shim.gone.set()
             self._remove(shim)
-        try:
-            address = shim.bundle.read("address").strip()
-        except OSError:
-            address = ""
+        address = read_address(shim.bundle.path).strip()
         self._shutdown(shim)
         shim.gone.set()
         shim.close()
@@ -956,10 +954,7 @@ class ShimManager:
         """``<shim> -id <id> -bundle <bundle> delete``, then remove the bundle and
         the socket the dead shim left (a shim removes its own only when it
         shuts down in order)."""
-        try:
-            address = shim.bundle.read("address").strip()
-        except OSError:
-            address = ""
+        address = read_address(shim.bundle.path).strip()
         try:
             out = self._run_binary(
                 shim.bundle,
