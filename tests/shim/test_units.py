@@ -20,6 +20,7 @@ from dockyard.api.runtime.linux.runctypes import runc_pb2
 from dockyard.api.runtimeoptions.v1 import api_pb2 as runtimeoptions
 from dockyard.errors import FailedPrecondition, InvalidArgument, NotFound, Unsupported
 from dockyard.shim import manager, messages, options, stats
+from dockyard.shim.container import kill_all_on_exit
 from dockyard.shim.main import parse_flags
 from dockyard.shim.process import CREATED, PAUSED, RUNNING, STOPPED, Init
 from dockyard.shim.publisher import Publisher
@@ -100,6 +101,25 @@ def test_address_file_round_trip(tmp_path: Path) -> None:
     manager.write_address("unix:///run/containerd/s/abc", str(tmp_path))
     assert manager.read_address(str(tmp_path)) == "unix:///run/containerd/s/abc"
     assert sorted(os.listdir(tmp_path)) == ["address"]
+
+
+@pytest.mark.parametrize(
+    ("config", "kill_all"),
+    [
+        ('{"linux": {"namespaces": [{"type": "pid"}]}}', False),  # the kernel kills the rest
+        ('{"linux": {"namespaces": [{"type": "pid", "path": "/proc/1/ns/pid"}]}}', True),
+        ('{"linux": {"namespaces": [{"type": "mount"}]}}', True),
+        ("{}", True),
+        ("not json", True),
+        (None, True),  # no config.json
+    ],
+)
+def test_kill_all_on_exit_unless_a_new_pid_namespace(
+    tmp_path: Path, config: str | None, kill_all: bool
+) -> None:
+    if config is not None:
+        (tmp_path / "config.json").write_text(config)
+    assert kill_all_on_exit(str(tmp_path)) is kill_all
 
 
 # -- runtime options ------------------------------------------------------------
