@@ -200,6 +200,18 @@ def _numeric_id(value: str) -> int | None:
     return n
 
 
+def _group_id(groups: Sequence[_GroupEntry], spec: str) -> int:
+    """The gid a group spec names: a number as it is (an entry of that gid
+    would only say the same), a name through /etc/group."""
+    gid = _numeric_id(spec)
+    if gid is not None:
+        return gid
+    match = next((g for g in groups if g.name == spec), None)
+    if match is None:
+        raise InvalidArgument(f"unable to find group {spec}: no matching entries in group file")
+    return match.gid
+
+
 def resolve_user(rootfs: str, user: str = "", group_add: Sequence[str] = ()) -> User:
     """Resolve a Docker user spec through the rootfs's /etc/passwd and /etc/group.
 
@@ -212,7 +224,6 @@ def resolve_user(rootfs: str, user: str = "", group_add: Sequence[str] = ()) -> 
     user_arg, _, rest = user.partition(":")
     group_arg = rest.partition(":")[0]
     uid_arg = _numeric_id(user_arg) if user_arg else None
-    gid_arg = _numeric_id(group_arg) if group_arg else None
 
     passwd_data = read_rootfs_file(rootfs, "/etc/passwd")
     group_data = read_rootfs_file(rootfs, "/etc/group")
@@ -237,18 +248,7 @@ def resolve_user(rootfs: str, user: str = "", group_add: Sequence[str] = ()) -> 
 
     supplementary: list[int] = []
     if group_arg:
-        if gid_arg is not None:
-            match = next((g for g in groups if g.gid == gid_arg), None)
-        else:
-            match = next((g for g in groups if g.name == group_arg), None)
-        if match is not None:
-            gid = match.gid
-        elif gid_arg is not None:
-            gid = gid_arg
-        else:
-            raise InvalidArgument(
-                f"unable to find group {group_arg}: no matching entries in group file"
-            )
+        gid = _group_id(groups, group_arg)
     elif matched_name:
         # Supplementary groups only for the implicit form: "name:group"
         # means exactly that group, as su(1) -g does.
@@ -256,15 +256,7 @@ def resolve_user(rootfs: str, user: str = "", group_add: Sequence[str] = ()) -> 
 
     extra: list[int] = []
     for spec in group_add:
-        gid_add = _numeric_id(spec)
-        if gid_add is not None:
-            match = next((g for g in groups if g.gid == gid_add), None)
-        else:
-            match = next((g for g in groups if g.name == spec), None)
-        if match is not None:
-            gid_add = match.gid
-        elif gid_add is None:
-            raise InvalidArgument(f"unable to find group {spec}: no matching entries in group file")
+        gid_add = _group_id(groups, spec)
         if not 0 <= gid_add <= MAX_ID:
             raise InvalidArgument(f"group {spec}: gid {gid_add} out of range 0-{MAX_ID}")
         if gid_add not in extra:
