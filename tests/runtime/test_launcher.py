@@ -44,3 +44,19 @@ def test_runtime_launcher_keeps_the_exit_status_and_stderr(tmp_path: Path) -> No
     )
     assert p.returncode == 1
     assert "container 'nope' does not exist" in p.stderr, p.stderr
+
+
+def test_launchers_find_the_dependencies(tmp_path: Path) -> None:
+    """Without site processing only the launcher's own sys.path finds what the
+    entry points import from site-packages (protobuf for the shim)."""
+    write_launchers(str(tmp_path))
+    for name in ENTRY_POINTS:
+        text = (tmp_path / name).read_text()
+        setup = text[: text.index("\nfrom dockyard")]  # everything before the entry point
+        p = subprocess.run(
+            [sys.executable, "-IS", "-c", setup + "\nimport google.protobuf, zstandard"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert p.returncode == 0, (name, p.stderr)
