@@ -36,6 +36,7 @@ from dockyard.image.content import validate_labels
 from dockyard.image.gc import gc_lock
 from dockyard.image.leases import Resource
 from dockyard.image.snapshots import Info, Kind, Snapshotter, snapshot_getter
+from dockyard.supervisor.daemon import snapshot_key
 from dockyard.supervisor.grpcutil import batches, namespace, rpc, to_timestamp
 from dockyard.supervisor.services.leases import lease_of
 
@@ -53,12 +54,12 @@ class Namespaced:
         self.name = name
         self.sn = sn
         self.ns = ns
-        self.prefix = ns + "/"
+        self.prefix = snapshot_key(ns, "")
 
     def key(self, key: str) -> str:
         if not key:
             raise InvalidArgument("snapshot key must not be empty")
-        return self.prefix + key
+        return snapshot_key(self.ns, key)
 
     def local(self, info: Info) -> Info:
         return Info(
