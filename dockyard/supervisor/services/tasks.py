@@ -34,6 +34,7 @@ from dockyard.api.types.task import task_pb2
 from dockyard.errors import DockyardError, InvalidArgument, NotFound, Unsupported
 from dockyard.filters import matcher
 from dockyard.supervisor import ttrpc_events
+from dockyard.supervisor.daemon import snapshot_key
 from dockyard.supervisor.grpcutil import (
     namespace,
     now_timestamp,
@@ -42,7 +43,13 @@ from dockyard.supervisor.grpcutil import (
     validate_identifier,
 )
 from dockyard.supervisor.metadata import Container
-from dockyard.supervisor.shims import STATE_TIMEOUT, CreateOptions, Shim, ShimManager
+from dockyard.supervisor.shims import (
+    CALL_TIMEOUT,
+    STATE_TIMEOUT,
+    CreateOptions,
+    Shim,
+    ShimManager,
+)
 
 if TYPE_CHECKING:
     from dockyard.supervisor.daemon import Supervisor
@@ -100,8 +107,6 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
             return list(request.rootfs)
         if not c.snapshot_key:
             return []  # the spec's root.path is the rootfs, as it is
-        from dockyard.supervisor.daemon import snapshot_key
-
         mounts = self.sup.snapshotter(c.snapshotter).mounts(snapshot_key(ns, c.snapshot_key))
         return [mount_to_proto(m) for m in mounts]
 
@@ -356,8 +361,6 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
 
 def _time_left(context: grpc.ServicerContext) -> float | None:
     """The client's deadline, passed on to the shim; the manager's limit without one."""
-    from dockyard.supervisor.shims import CALL_TIMEOUT
-
     left = context.time_remaining()
     return CALL_TIMEOUT if left is None else min(max(left, 0.001), CALL_TIMEOUT)
 
