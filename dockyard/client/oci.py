@@ -705,7 +705,7 @@ def default_network_sysctls(user_namespace: bool = False) -> dict[str, str]:
     return out
 
 
-def _namespace(kind: str, mode: str, what: str) -> dict[str, str] | None:
+def _namespace(kind: str, mode: str) -> dict[str, str] | None:
     """None for "host", a new namespace for "private", or join a path."""
     if mode == "host":
         return None
@@ -713,7 +713,7 @@ def _namespace(kind: str, mode: str, what: str) -> dict[str, str] | None:
         return {"type": kind}
     if mode.startswith("/"):
         return {"type": kind, "path": mode}
-    raise InvalidArgument(f"invalid {what} namespace {mode!r}: want private, host or a path")
+    raise InvalidArgument(f"invalid {kind} namespace {mode!r}: want private, host or a path")
 
 
 # ---------------------------------------------------------------------------
@@ -836,13 +836,13 @@ def docker_default_spec(
             f"invalid cgroup namespace {cgroup_namespace!r}: want private or host"
         )
     wanted = [
-        _namespace("mount", "private", "mount"),
-        _namespace("network", network_namespace, "network"),
+        _namespace("mount", "private"),
+        _namespace("network", network_namespace),
         {"type": "time"} if time_namespace else None,
-        _namespace("uts", uts_namespace, "uts"),
-        _namespace("pid", pid_namespace, "pid"),
-        _namespace("ipc", "private" if ipc_namespace == "none" else ipc_namespace, "ipc"),
-        _namespace("cgroup", cgroup_namespace, "cgroup"),
+        _namespace("uts", uts_namespace),
+        _namespace("pid", pid_namespace),
+        _namespace("ipc", "private" if ipc_namespace == "none" else ipc_namespace),
+        _namespace("cgroup", cgroup_namespace),
     ]
     namespaces = [ns for ns in wanted if ns is not None]
 
