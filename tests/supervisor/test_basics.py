@@ -97,18 +97,14 @@ def test_bad_namespace_names(supervisor: Supervisor) -> None:
         assert got.name == "nosuchns" and not got.labels
         with fails(grpc.StatusCode.INVALID_ARGUMENT, "identifier"):
             stub.Get(npb.GetNamespaceRequest(name="a b"))
+        supervisor.ctr("namespaces", "create", supervisor.namespace, check=False)
         with fails(grpc.StatusCode.INVALID_ARGUMENT, "cannot update field"):
             stub.Update(
                 npb.UpdateNamespaceRequest(
                     namespace=npb.Namespace(name=supervisor.namespace),
                     update_mask=field_mask_pb2.FieldMask(paths=["name"]),
                 )
-            ) if _ensure(supervisor) else None
-
-
-def _ensure(supervisor: Supervisor) -> bool:
-    supervisor.ctr("namespaces", "create", supervisor.namespace, check=False)
-    return True
+            )
 
 
 def test_containers_crud_and_isolation(supervisor: Supervisor) -> None:
