@@ -749,10 +749,18 @@ class ShimManager:
             self._shutdown(shim)
         shim.close()
         self._close_log(shim)
+        self._remove_bundle(shim)
+
+    def _remove_bundle(self, shim: Shim, address: str = "") -> None:
+        """Remove the task's bundle, then the socket at ``address`` if nobody
+        serves on it any more (a shim removes its own only when it shuts down
+        in order). A bundle that will not go is logged and left for later."""
         try:
             shim.bundle.delete()
         except (OSError, DockyardError) as e:
-            log.error("remove bundle of task %s: %s", shim.id, e)
+            log.error("remove bundle of task %s/%s: %s", shim.namespace, shim.id, e)
+        if address:
+            _remove_dead_socket(address)
 
     def _start_from_template(self, bundle: Bundle, binary: str, options: bytes, debug: bool) -> str:
         """Our own shim's ``start`` bootstrap, done here: the same socket, ``address``
@@ -871,12 +879,7 @@ class ShimManager:
         shim.gone.set()
         shim.close()
         self._close_log(shim)
-        try:
-            shim.bundle.delete()
-        except (OSError, DockyardError) as e:
-            log.error("remove bundle of task %s: %s", cid, e)
-        if address:
-            _remove_dead_socket(address)  # a shim that did not exit in order leaves it
+        self._remove_bundle(shim, address)
         self._remove(shim)
         if shim_error is not None or resp is None:
             raise shim_error or SystemFailure(f"delete task {cid}: no answer")
@@ -952,8 +955,7 @@ class ShimManager:
 
     def _binary_delete(self, shim: Shim) -> Exit:
         """``<shim> -id <id> -bundle <bundle> delete``, then remove the bundle and
-        the socket the dead shim left (a shim removes its own only when it
-        shuts down in order)."""
+        the socket the dead shim left."""
         address = read_address(shim.bundle.path).strip()
         try:
             out = self._run_binary(
@@ -968,12 +970,7 @@ class ShimManager:
         except (DockyardError, DecodeError) as e:
             log.warning("clean up after shim of task %s/%s: %s", shim.namespace, shim.id, e)
             exit_ = Exit(0, DEAD_SHIM_STATUS, _now())
-        try:
-            shim.bundle.delete()
-        except (OSError, DockyardError) as e:
-            log.error("remove bundle of task %s/%s: %s", shim.namespace, shim.id, e)
-        if address:
-            _remove_dead_socket(address)
+        self._remove_bundle(shim, address)
         return exit_
 
     def _publish_exit(self, shim: Shim, exit_: Exit) -> None:
