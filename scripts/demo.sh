@@ -25,6 +25,9 @@ ID=dockyard-demo-$$
 SUPERVISOR=
 SHIM_DIR_EXISTED=0
 [ -d /run/containerd/s ] && SHIM_DIR_EXISTED=1
+# the shim runs dockyard-runtime with its state in /run/dockyard/runtime/<namespace>
+RUNTIME_DIR_EXISTED=0
+[ -d /run/dockyard/runtime/demo ] && RUNTIME_DIR_EXISTED=1
 cleanup() {
     if [ -n "$SUPERVISOR" ]; then
         ctr --address "$WORK/supervisor.sock" --namespace demo tasks kill -s SIGKILL "$ID" \
@@ -37,6 +40,9 @@ cleanup() {
         wait "$SUPERVISOR" 2>/dev/null || true
     fi
     if [ "$SHIM_DIR_EXISTED" = 0 ]; then rmdir /run/containerd/s /run/containerd 2>/dev/null || true; fi
+    if [ "$RUNTIME_DIR_EXISTED" = 0 ]; then
+        rmdir /run/dockyard/runtime/demo /run/dockyard/runtime /run/dockyard 2>/dev/null || true
+    fi
     if grep -q " $WORK[/ ]" /proc/self/mountinfo; then
         echo "demo: something is still mounted under $WORK; leaving it for inspection" >&2
     else
