@@ -7,8 +7,7 @@
 #
 #   sudo bash scripts/demo.sh
 #
-# Grows with the stack: the shim, the supervisor, the engine and the CLI join
-# here as they arrive.
+# Grows with the stack: the engine and the CLI join here as they arrive.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
