@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
+import uuid
 from typing import Any
 
 import grpc
@@ -17,6 +17,7 @@ from dockyard.api.services.containers.v1 import containers_pb2 as cpb
 from dockyard.api.services.containers.v1 import containers_pb2_grpc
 from dockyard.api.services.events.v1 import events_pb2 as epb
 from dockyard.api.services.events.v1 import events_pb2_grpc
+from dockyard.api.services.introspection.v1 import introspection_pb2_grpc
 from dockyard.api.services.namespaces.v1 import namespace_pb2 as npb
 from dockyard.api.services.namespaces.v1 import namespace_pb2_grpc
 from tests.supervisor.conftest import Supervisor
@@ -319,9 +320,9 @@ def test_introspection_lists_the_services(supervisor: Supervisor) -> None:
     out = supervisor.ctr("plugins", "ls", "type==io.containerd.snapshotter.v1").stdout
     assert "overlayfs" in out and "containers" not in out
     with supervisor.channel() as ch:
-        from dockyard.api.services.introspection.v1 import introspection_pb2_grpc
-
-        stub = introspection_pb2_grpc.IntrospectionStub(ch)
-        first = stub.Server(empty_pb2.Empty()).uuid
-        assert first and first == stub.Server(empty_pb2.Empty()).uuid
-    assert json.loads(json.dumps(first)) == first
+        first = introspection_pb2_grpc.IntrospectionStub(ch).Server(empty_pb2.Empty()).uuid
+    assert str(uuid.UUID(first)) == first
+    # the uuid is kept in the root: the same after a restart
+    supervisor.restart()
+    with supervisor.channel() as ch:
+        assert introspection_pb2_grpc.IntrospectionStub(ch).Server(empty_pb2.Empty()).uuid == first
