@@ -12,6 +12,7 @@ import pytest
 from google.protobuf import any_pb2, empty_pb2, field_mask_pb2
 
 from dockyard.api import typeurl
+from dockyard.api.events import container_pb2 as cevents
 from dockyard.api.events import namespace_pb2 as nsevents
 from dockyard.api.services.containers.v1 import containers_pb2 as cpb
 from dockyard.api.services.containers.v1 import containers_pb2_grpc
@@ -20,8 +21,10 @@ from dockyard.api.services.events.v1 import events_pb2_grpc
 from dockyard.api.services.introspection.v1 import introspection_pb2_grpc
 from dockyard.api.services.namespaces.v1 import namespace_pb2 as npb
 from dockyard.api.services.namespaces.v1 import namespace_pb2_grpc
+from tests.compat import host
 from tests.supervisor.conftest import Supervisor
 from tests.supervisor.imageside import fails, new_namespace
+from tests.supervisor.taskutil import EventLog
 
 SPEC = typeurl.pack_json(typeurl.SPEC, {"ociVersion": "1.0.2", "process": {"args": ["true"]}})
 
@@ -326,3 +329,52 @@ def test_introspection_lists_the_services(supervisor: Supervisor) -> None:
     supervisor.restart()
     with supervisor.channel() as ch:
         assert introspection_pb2_grpc.IntrospectionStub(ch).Server(empty_pb2.Empty()).uuid == first
+
+
+def test_containers_and_namespaces_publish_their_events(supervisor: Supervisor) -> None:
+    ns = new_namespace()
+    log = EventLog(supervisor, f"namespace=={ns}").start()
+    try:
+        supervisor.ctr("namespaces", "create", ns, "team=a")
+        supervisor.ctr("namespaces", "label", ns, "team=b")
+        with supervisor.channel() as ch:
+            stub = containers_pb2_grpc.ContainersStub(ch)
+            stub.Create(
+                cpb.CreateContainerRequest(container=container("ev", image="example.com/i:1")),
+                metadata=supervisor.md(ns),
+            )
+            stub.Update(
+                cpb.UpdateContainerRequest(
+                    container=cpb.Container(id="ev", labels={"k": "v"}),
+                    update_mask=field_mask_pb2.FieldMask(paths=["labels.k"]),
+                ),
+                metadata=supervisor.md(ns),
+            )
+            stub.Delete(cpb.DeleteContainerRequest(id="ev"), metadata=supervisor.md(ns))
+        supervisor.ctr("namespaces", "rm", ns)
+        want = [
+            ("/namespaces/create", nsevents.NamespaceCreate(name=ns, labels={"team": "a"})),
+            ("/namespaces/update", nsevents.NamespaceUpdate(name=ns, labels={"team": "b"})),
+            (
+                "/containers/create",
+                cevents.ContainerCreate(
+                    id="ev",
+                    image="example.com/i:1",
+                    runtime=cevents.ContainerCreate.Runtime(name="io.containerd.runc.v2"),
+                ),
+            ),
+            (
+                "/containers/update",
+                cevents.ContainerUpdate(id="ev", image="example.com/i:1", labels={"k": "v"}),
+            ),
+            ("/containers/delete", cevents.ContainerDelete(id="ev")),
+            ("/namespaces/delete", nsevents.NamespaceDelete(name=ns)),
+        ]
+
+        def ours() -> list[epb.Envelope]:
+            return [e for e in list(log.envelopes) if e.topic != "/dockyard-test/ready"]
+
+        host.wait_for(lambda: len(ours()) >= len(want), 10, "the events")
+        assert [(e.topic, typeurl.unpack(e.event)) for e in ours()] == want
+    finally:
+        log.close()
