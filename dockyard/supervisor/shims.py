@@ -635,11 +635,11 @@ class ShimManager:
         except FileNotFoundError:
             pass
 
-    def _template_env(self, binary: str) -> dict[str, str]:
+    def _template_for(self, binary: str) -> Template | None:
+        """The template to fork ``binary``'s shims from: only dockyard's shim has one."""
         if os.path.basename(binary) != TEMPLATE_SHIM:
-            return {}
-        template = self._ensure_template()
-        return template.env() if template is not None else {}
+            return None
+        return self._ensure_template()
 
     # -- the task list --------------------------------------------------------
 
@@ -767,16 +767,16 @@ class ShimManager:
         file and flags, the shim forked by the template, without starting an
         interpreter to run the binary's ``start`` (about 15 ms of every task
         start). Empty when the template cannot: then the binary starts it."""
-        if not self._template_env(binary):
+        template = self._template_for(binary)
+        if template is None:
             return ""
-        assert self.template is not None
         try:
-            return self.template.start_shim(
+            return template.start_shim(
                 namespace=bundle.namespace,
                 id=bundle.id,
                 address=self.address,
                 bundle=bundle.path,
-                env=self._shim_env(binary),
+                env=self._shim_env(template),
                 options=options,
                 debug=debug,
             )
@@ -784,11 +784,12 @@ class ShimManager:
             log.warning("shim template for task %s: %s; running the shim's start", bundle.id, e)
             return ""
 
-    def _shim_env(self, binary: str) -> dict[str, str]:
+    def _shim_env(self, template: Template | None) -> dict[str, str]:
         """The environment of a shim and of its start and delete commands."""
         env = dict(os.environ)
         env["TTRPC_ADDRESS"] = self.ttrpc_address
-        env.update(self._template_env(binary))
+        if template is not None:
+            env.update(template.env())
         env.setdefault("GOMAXPROCS", "2")
         return env
 
@@ -810,7 +811,7 @@ class ShimManager:
             publish_binary(),
             *args,
         ]
-        env = self._shim_env(binary)
+        env = self._shim_env(self._template_for(binary))
         what = f"shim {os.path.basename(binary)} {args[-1]} for task {bundle.id}"
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
