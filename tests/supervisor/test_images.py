@@ -12,10 +12,13 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
+from dockyard.api import typeurl
+from dockyard.api.events import image_pb2 as events
 from dockyard.api.services.images.v1 import images_pb2 as ipb
 from dockyard.api.services.images.v1 import images_pb2_grpc
 from dockyard.api.types import descriptor_pb2
 from dockyard.image.unpack import chain_ids
+from tests.compat import host
 from tests.image.registry_fixture import RegistryServer, plain_registry  # noqa: F401
 from tests.images import ImageArchive
 from tests.supervisor.conftest import Supervisor
@@ -30,6 +33,7 @@ from tests.supervisor.imageside import (
     push_image,
     snapshot_keys,
 )
+from tests.supervisor.taskutil import EventLog
 
 Code = grpc.StatusCode
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -229,3 +233,31 @@ def test_bad_images_are_refused(images: images_pb2_grpc.ImagesStub, ns: str) -> 
     with fails(Code.FAILED_PRECONDITION, "namespace"):
         images.List(ipb.ListImagesRequest())
     assert images.List(ipb.ListImagesRequest(), metadata=md(ns)).images == []
+
+
+def test_images_publish_their_events(
+    supervisor: Supervisor, images: images_pb2_grpc.ImagesStub, ns: str
+) -> None:
+    log = EventLog(supervisor, f"namespace=={ns}").start()
+    try:
+        name = "example.com/events:1"
+        img = ipb.Image(name=name, labels={"a": "1"}, target=_target())
+        images.Create(ipb.CreateImageRequest(image=img), metadata=md(ns))
+        mask = field_mask_pb2.FieldMask(paths=["labels.b"])
+        update = ipb.Image(name=name, labels={"b": "2"})
+        images.Update(ipb.UpdateImageRequest(image=update, update_mask=mask), metadata=md(ns))
+        images.Delete(ipb.DeleteImageRequest(name=name), metadata=md(ns))
+        want = [
+            ("/images/create", events.ImageCreate(name=name, labels={"a": "1"})),
+            ("/images/update", events.ImageUpdate(name=name, labels={"a": "1", "b": "2"})),
+            ("/images/delete", events.ImageDelete(name=name)),
+        ]
+
+        def ours() -> list[tuple[str, object]]:
+            envelopes = [e for e in list(log.envelopes) if e.topic.startswith("/images/")]
+            return [(e.topic, typeurl.unpack(e.event)) for e in envelopes]
+
+        host.wait_for(lambda: len(ours()) >= len(want), 10, "the image events")
+        assert ours() == want
+    finally:
+        log.close()
