@@ -11,6 +11,8 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
+from dockyard.api import typeurl
+from dockyard.api.events import content_pb2 as events
 from dockyard.api.services.content.v1 import content_pb2 as cpb
 from dockyard.api.services.content.v1 import content_pb2_grpc
 from dockyard.api.services.images.v1 import images_pb2 as ipb
@@ -18,6 +20,7 @@ from dockyard.api.services.images.v1 import images_pb2_grpc
 from dockyard.api.types import descriptor_pb2
 from dockyard.errors import InvalidArgument
 from dockyard.filters import parse_filter
+from tests.compat import host
 from tests.supervisor.conftest import Supervisor
 from tests.supervisor.imageside import (
     backend_blobs,
@@ -29,6 +32,7 @@ from tests.supervisor.imageside import (
     open_namespace,
     write_blob,
 )
+from tests.supervisor.taskutil import EventLog
 
 Code = grpc.StatusCode
 
@@ -117,10 +121,17 @@ def test_update_labels_and_list_filters(content: content_pb2_grpc.ContentStub, n
         listed("labels.kind==")
 
 
-def test_delete(content: content_pb2_grpc.ContentStub, ns: str) -> None:
+def test_delete(supervisor: Supervisor, content: content_pb2_grpc.ContentStub, ns: str) -> None:
     data = b"to delete"
     write_blob(content, ns, data)
-    content.Delete(cpb.DeleteContentRequest(digest=digest_of(data)), metadata=md(ns))
+    log = EventLog(supervisor, f'namespace=={ns},topic=="/content/delete"').start()
+    try:
+        content.Delete(cpb.DeleteContentRequest(digest=digest_of(data)), metadata=md(ns))
+        host.wait_for(lambda: "/content/delete" in log.topics(), 10, "the delete event")
+        (env,) = [e for e in log.envelopes if e.topic == "/content/delete"]
+        assert typeurl.unpack(env.event) == events.ContentDelete(digest=digest_of(data))
+    finally:
+        log.close()
     with fails(Code.NOT_FOUND, digest_of(data)):
         content.Info(cpb.InfoRequest(digest=digest_of(data)), metadata=md(ns))
     with fails(Code.NOT_FOUND):
