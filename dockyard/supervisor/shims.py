@@ -375,9 +375,7 @@ class LogDrain:
         while True:
             try:
                 data = os.read(fd, 65536)
-            except BlockingIOError:
-                break
-            except OSError:
+            except OSError:  # BlockingIOError: all read for now
                 break
             if not data:
                 break
