@@ -27,7 +27,8 @@ TEMPLATE = """#!{python} -IS
 import os
 import sys
 
-sys.path[:0] = {paths!r}
+sys.path.insert(0, {package!r})
+sys.path += {libs!r}
 from {module} import main
 
 code = main()
@@ -41,20 +42,23 @@ os._exit(code)
 
 
 def write_launchers(bindir: str) -> list[str]:
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     # Without site processing the interpreter knows no site-packages: the
-    # dependencies (protobuf for the shim) are found through these.
-    paths = [pkg_parent]
+    # dependencies (protobuf for the shim) are found through these, after the
+    # standard library as site would put them (nothing there shadows it).
+    libs: list[str] = []
     for key in ("purelib", "platlib"):
         lib = sysconfig.get_paths()[key]
-        if lib not in paths:
-            paths.append(lib)
+        if lib not in libs:
+            libs.append(lib)
     written = []
     for name, module in ENTRY_POINTS.items():
         target = os.path.join(bindir, name)
         tmp = target + ".tmp"
         with open(tmp, "w") as f:
-            f.write(TEMPLATE.format(python=sys.executable, module=module, paths=paths))
+            f.write(
+                TEMPLATE.format(python=sys.executable, module=module, package=package, libs=libs)
+            )
         os.chmod(tmp, 0o755)
         os.replace(tmp, target)
         written.append(target)

@@ -89,10 +89,9 @@ fi
 
 # The per-container commands (the runtime is started several times per
 # container) get launchers that skip site processing: dockyard.launcher.
-if [ -f dockyard/launcher.py ] \
-    && ! grep -qF "sys.path[:0] = ['$ROOT'" "$VENV/bin/containerd-shim-dockyard-v2" 2>/dev/null; then
-    say "writing fast launchers into .venv/bin"
-    "$VENV/bin/python" -m dockyard.launcher "$VENV/bin"
-fi
+# Written every time (each atomically, in milliseconds): pip's install puts
+# its own scripts there, and a changed template reaches existing checkouts.
+say "writing fast launchers into .venv/bin"
+"$VENV/bin/python" -m dockyard.launcher "$VENV/bin" >/dev/null
 
 say "setup done"

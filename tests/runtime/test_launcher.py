@@ -54,9 +54,24 @@ def test_launchers_find_the_dependencies(tmp_path: Path) -> None:
         text = (tmp_path / name).read_text()
         setup = text[: text.index("\nfrom dockyard")]  # everything before the entry point
         p = subprocess.run(
-            [sys.executable, "-IS", "-c", setup + "\nimport google.protobuf, zstandard"],
+            [sys.executable, "-IS", "-c", setup + CHECK_PATH],
             capture_output=True,
             text=True,
             timeout=30,
         )
         assert p.returncode == 0, (name, p.stderr)
+        assert p.stdout.split() == ["package-first", "stdlib-before-site-packages"], p.stdout
+
+
+CHECK_PATH = """
+import google.protobuf, os, zstandard
+where = [os.path.dirname(m.__file__) for m in (os, google.protobuf)]
+first = sys.path[0]
+print("package-first" if os.path.isdir(os.path.join(first, "dockyard")) else first)
+stdlib = sys.path.index(where[0])
+# the entry protobuf was found through: the longest one holding it (the
+# package's own directory may hold the virtualenv too)
+found = [i for i, p in enumerate(sys.path) if where[1].startswith(p + os.sep)]
+site = max(found, key=lambda i: len(sys.path[i]))
+print("stdlib-before-site-packages" if stdlib < site else sys.path)
+"""
