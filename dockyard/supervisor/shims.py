@@ -43,12 +43,13 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf import any_pb2, empty_pb2
 from google.protobuf.message import DecodeError, Message
 
+from dockyard import unixtime
 from dockyard.api import topics
 from dockyard.api.convert import from_timestamp
 from dockyard.api.events import task_pb2 as task_events
@@ -138,10 +139,6 @@ def publish_binary() -> str:
     publish over ttrpc and only record it)."""
     beside = os.path.join(os.path.dirname(sys.executable), "dockyard-supervisor")
     return beside if os.path.exists(beside) else sys.executable
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 # --- bundles -------------------------------------------------------------------
@@ -968,12 +965,12 @@ class ShimManager:
             exit_ = Exit(int(resp.pid), int(resp.exit_status), from_timestamp(resp.exited_at))
         except (DockyardError, DecodeError) as e:
             log.warning("clean up after shim of task %s/%s: %s", shim.namespace, shim.id, e)
-            exit_ = Exit(0, DEAD_SHIM_STATUS, _now())
+            exit_ = Exit(0, DEAD_SHIM_STATUS, unixtime.now())
         self._remove_bundle(shim, address)
         return exit_
 
     def _publish_exit(self, shim: Shim, exit_: Exit) -> None:
-        exited_at = exit_.exited_at or _now()
+        exited_at = exit_.exited_at or unixtime.now()
         events = self.sup.events
         events.publish(
             shim.namespace,
