@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from dockyard.supervisor.daemon import Supervisor
 
 # The revision is this package's version too: there is no VCS stamp in a wheel.
-VERSION = getattr(dockyard, "__version__", "0.1.0")
+VERSION = dockyard.__version__
 
 
 class VersionService(version_pb2_grpc.VersionServicer):
