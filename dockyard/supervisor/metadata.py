@@ -27,8 +27,8 @@ from typing import Any
 from dockyard import unixtime
 from dockyard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from dockyard.fieldpaths import update_map
+from dockyard.identifiers import validate_identifier
 from dockyard.image.content import validate_labels
-from dockyard.supervisor.grpcutil import validate_identifier
 from dockyard.unixtime import from_unix_nanos, to_unix_nanos
 
 SCHEMA = """

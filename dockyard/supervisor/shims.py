@@ -63,10 +63,10 @@ from dockyard.errors import (
     NotFound,
     SystemFailure,
 )
+from dockyard.identifiers import validate_identifier
 from dockyard.shim.manager import read_address
 from dockyard.shim.template import SHIM_NAME as TEMPLATE_SHIM
 from dockyard.shim.template import Template, TemplateError
-from dockyard.supervisor.grpcutil import validate_identifier
 from dockyard.ttrpc import Client, ConnectionClosed, Error, codes
 
 if TYPE_CHECKING:
