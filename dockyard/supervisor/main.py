@@ -47,16 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         config = load(args.config)
         # a ttrpc address derived from the gRPC one follows a new --address
         derived_ttrpc = config.ttrpc_address == config.address + ".ttrpc"
-        for flag, attr in (
-            ("root", "root"),
-            ("state", "state"),
-            ("address", "address"),
-            ("snapshotter", "snapshotter"),
-            ("default_runtime", "default_runtime"),
-        ):
-            value = getattr(args, flag)
+        # each flag is named as the config attribute it overrides
+        for name in ("root", "state", "address", "snapshotter", "default_runtime"):
+            value = getattr(args, name)
             if value:
-                setattr(config, attr, value)
+                setattr(config, name, value)
         if derived_ttrpc:
             config.ttrpc_address = ""
         config.finish()
