@@ -26,8 +26,7 @@ from dockyard.api import typeurl
 from dockyard.errors import InvalidArgument
 from dockyard.filters import matcher as filters_matcher
 
-# Topics are paths: a leading slash and at least one component (containerd's
-# events.validateTopic).
+# A subscriber's queue: beyond it, its oldest events are dropped.
 MAX_QUEUE = 1024
 
 
@@ -72,6 +71,8 @@ def _event_field(event: any_pb2.Any, path: list[str]) -> str | None:
 
 
 def validate_topic(topic: str) -> str:
+    """Topics are paths: a leading slash and at least one component, none of
+    them empty (containerd's events.validateTopic)."""
     if not topic or not topic.startswith("/") or topic == "/":
         raise InvalidArgument(f"event topic {topic!r}: must start with '/' and name something")
     if any(part == "" for part in topic[1:].split("/")):
