@@ -171,7 +171,7 @@ class Supervisor:
         self.server = self.build_server()
         address = self.config.address
         os.makedirs(os.path.dirname(address), mode=0o711, exist_ok=True)
-        _remove_stale_socket(address)
+        remove_stale_socket(address)
         if self.server.add_insecure_port("unix:" + address) == 0:
             raise SystemFailure(f"listen on {address}: grpc could not bind the socket")
         self.server.start()
@@ -214,7 +214,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, on_signal)
 
 
-def _remove_stale_socket(path: str) -> None:
+def remove_stale_socket(path: str) -> None:
     """Remove a socket nobody serves any more; refuse to steal a live one."""
     if not os.path.exists(path):
         return

@@ -20,7 +20,7 @@ from google.protobuf import empty_pb2
 
 from dockyard.api.services.ttrpc.events.v1 import events_pb2
 from dockyard.errors import SystemFailure
-from dockyard.supervisor.daemon import _remove_stale_socket
+from dockyard.supervisor.daemon import remove_stale_socket
 from dockyard.supervisor.services.events import from_message
 from dockyard.ttrpc import Context, Server
 
@@ -41,7 +41,7 @@ def serve(sup: Supervisor) -> Server:
     """Listen on the config's ttrpc address (mode 0660) until the daemon stops."""
     address = sup.config.ttrpc_address
     os.makedirs(os.path.dirname(address), mode=0o711, exist_ok=True)
-    _remove_stale_socket(address)
+    remove_stale_socket(address)
     server = Server()
     server.register_typed(
         SERVICE,
