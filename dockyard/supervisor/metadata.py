@@ -106,7 +106,6 @@ InUseCheck = Callable[[str], list[str]]
 class Metadata:
     def __init__(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.path = path
         # One connection, shared by the gRPC worker threads under a lock:
         # the writes are small and SQLite serialises writers anyway.
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
