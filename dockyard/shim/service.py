@@ -283,8 +283,10 @@ class TaskService:
             def started() -> None:
                 self._publish(TASK_START, m.TaskStart(container_id=c.id, pid=p.pid))
 
-            p.start(started)
+            # Watched before it runs: a kill between the start and the watch
+            # would count in the watch's starting point (v2) or be missed (v1).
             self._watch_oom(c)
+            p.start(started)
         return m.StartResponse(pid=p.pid)
 
     def _watch_oom(self, c: Container) -> None:
