@@ -63,7 +63,11 @@ class Field:
             return {}
         if self.kind == MESSAGE:
             return None
-        return {STRING: "", BYTES: b"", BOOL: False, UINT: 0, INT: 0}[self.kind]
+        return _SCALAR_DEFAULTS[self.kind]
+
+
+# proto3's zero value of each scalar kind (immutable: shared by every message)
+_SCALAR_DEFAULTS: dict[str, Any] = {STRING: "", BYTES: b"", BOOL: False, UINT: 0, INT: 0}
 
 
 def field(number: int, kind: str, cls: type[Message] | None = None, repeated: bool = False) -> Any:
