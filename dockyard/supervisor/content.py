@@ -29,6 +29,7 @@ entry are written, so a collection never sees a blob in between.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -213,14 +214,8 @@ class NamespacedContent:
 
     @staticmethod
     def _local(ns: str, st: Status) -> Status:
-        return Status(
-            ref=st.ref[len(ns) + 1 :],
-            offset=st.offset,
-            total=st.total,
-            expected=st.expected,
-            started_at=st.started_at,
-            updated_at=st.updated_at,
-        )
+        """The backend's ``<ns>/<ref>`` ingest as ``ref`` of ``ns``."""
+        return dataclasses.replace(st, ref=st.ref[len(ns) + 1 :])
 
     def status(self, ns: str, ref: str) -> Status:
         try:
