@@ -1015,25 +1015,27 @@ class ShimManager:
         if not os.listdir(bundle.path):
             bundle.delete()
             return
-        runtime = ""
+        # The shim binary the task was started with, and the runtime name the
+        # container asked for (what filters and listings show, as before the restart).
         try:
-            runtime = bundle.read("shim-binary-path")
+            started_with = bundle.read("shim-binary-path")
         except FileNotFoundError:
-            pass
-        if not runtime:
-            try:
-                runtime = self.sup.metadata.get_container(ns, cid).runtime
-            except NotFound:
-                log.warning("task %s/%s: no container record; removing its bundle", ns, cid)
-                bundle.delete()
-                return
+            started_with = ""
         try:
-            binary = resolve_binary(runtime)
+            name = self.sup.metadata.get_container(ns, cid).runtime
+        except NotFound:
+            name = ""
+        if not started_with and not name:
+            log.warning("task %s/%s: no container record; removing its bundle", ns, cid)
+            bundle.delete()
+            return
+        try:
+            binary = resolve_binary(started_with or name)
         except DockyardError as e:
             log.error("task %s/%s: %s; removing its bundle", ns, cid, e)
             bundle.delete()
             return
-        shim = Shim(bundle, binary, runtime)
+        shim = Shim(bundle, binary, name or started_with)
         try:
             address = bundle.read("address").strip()
             shim.log_fd = self._logs.open(os.path.join(bundle.path, "log"), f"{ns}/{cid}")

@@ -6,7 +6,10 @@ it reconnects to each shim through its bundle's ``address`` file and lists
 the tasks as they are; a task that exited meanwhile is STOPPED with its exit
 status. A shim that died is cleaned up through its binary's ``delete``
 (containerd's cleanupAfterDeadShim), whether it died while the supervisor
-was down or under its eyes, and its exit is published.
+was down or under its eyes. The exit of one that died under its eyes is
+published; one found dead at start-up is cleaned up before the supervisor
+serves, so no subscriber can see its events: its task is simply gone and its
+container takes a new one.
 """
 
 from __future__ import annotations
@@ -78,6 +81,11 @@ def test_tasks_outlive_the_supervisor(runner: Runner, sig: signal.Signals) -> No
 
     assert sup.tasks() == {running: "RUNNING", exiting: "STOPPED"}
     assert task_pid(runner, running) == pids[running]
+    # the reloaded tasks keep their runtime name (a filter on it finds them)
+    metrics = runner.tasks_api().Metrics(
+        tasks_pb2.MetricsRequest(filters=[f"runtime=={runner.runtime}"]), metadata=sup.md()
+    )
+    assert running in {m.id for m in metrics.metrics}
     # the reconnected shims take requests as before
     p = runner.exec(running, "after", "echo", "still here")
     assert (p.returncode, p.stdout) == (0, "still here\n"), p.stderr
