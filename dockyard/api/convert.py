@@ -20,7 +20,9 @@ from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 
+from dockyard.api.services.images.v1 import images_pb2
 from dockyard.api.types import descriptor_pb2, mount_pb2
+from dockyard.image.images import Image
 from dockyard.spec.image import Descriptor
 from dockyard.spec.mount import Mount
 
@@ -69,3 +71,24 @@ def mount_to_proto(m: Mount) -> mount_pb2.Mount:
 
 def mount_from_proto(msg: mount_pb2.Mount) -> Mount:
     return Mount(type=msg.type, source=msg.source, options=list(msg.options), target=msg.target)
+
+
+def image_to_proto(image: Image) -> images_pb2.Image:
+    """An image record as the images service sends it (times unset when unknown)."""
+    return images_pb2.Image(
+        name=image.name,
+        labels=dict(image.labels),
+        target=descriptor_to_proto(image.target),
+        created_at=to_timestamp(image.created_at),
+        updated_at=to_timestamp(image.updated_at),
+    )
+
+
+def image_from_proto(msg: images_pb2.Image) -> Image:
+    return Image(
+        name=msg.name,
+        target=descriptor_from_proto(msg.target),
+        labels=dict(msg.labels),
+        created_at=from_timestamp(msg.created_at),
+        updated_at=from_timestamp(msg.updated_at),
+    )

@@ -9,27 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from dockyard.api.convert import image_from_proto, image_to_proto
 from dockyard.api.services.images.v1 import images_pb2 as pb
 from dockyard.api.services.images.v1 import images_pb2_grpc
-from dockyard.client.rpc import Connection, from_timestamp
-from dockyard.client.wire import descriptor_from_proto, descriptor_to_proto, field_mask
+from dockyard.client.rpc import Connection
+from dockyard.client.wire import field_mask
 from dockyard.image.images import Image
-
-
-def image_from_proto(msg: pb.Image) -> Image:
-    return Image(
-        name=msg.name,
-        target=descriptor_from_proto(msg.target),
-        labels=dict(msg.labels),
-        created_at=from_timestamp(msg.created_at),
-        updated_at=from_timestamp(msg.updated_at),
-    )
-
-
-def image_to_proto(image: Image) -> pb.Image:
-    return pb.Image(
-        name=image.name, labels=dict(image.labels), target=descriptor_to_proto(image.target)
-    )
 
 
 class ImagesService:

@@ -16,7 +16,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from dockyard.api import topics
-from dockyard.api.convert import descriptor_from_proto, descriptor_to_proto, to_timestamp
+from dockyard.api.convert import descriptor_from_proto, image_to_proto
 from dockyard.api.events import image_pb2 as events
 from dockyard.api.services.images.v1 import images_pb2 as pb
 from dockyard.api.services.images.v1 import images_pb2_grpc
@@ -40,16 +40,6 @@ def descriptor(d: descriptor_pb2.Descriptor, what: str) -> Descriptor:
     if not d.media_type:
         raise InvalidArgument(f"{what}: target media type must be set")
     return descriptor_from_proto(d)
-
-
-def _message(image: Image) -> pb.Image:
-    return pb.Image(
-        name=image.name,
-        labels=image.labels,
-        target=descriptor_to_proto(image.target),
-        created_at=to_timestamp(image.created_at),
-        updated_at=to_timestamp(image.updated_at),
-    )
 
 
 def _getter(image: Image) -> Getter:
@@ -87,7 +77,7 @@ class ImagesService(images_pb2_grpc.ImagesServicer):
     ) -> pb.GetImageResponse:
         ns = namespace(context)
         _what(request.name)
-        return pb.GetImageResponse(image=_message(self.images.get(ns, request.name)))
+        return pb.GetImageResponse(image=image_to_proto(self.images.get(ns, request.name)))
 
     @rpc
     def List(
@@ -96,7 +86,7 @@ class ImagesService(images_pb2_grpc.ImagesServicer):
         ns = namespace(context)
         match = matcher(request.filters)
         return pb.ListImagesResponse(
-            images=[_message(i) for i in self.images.list(ns) if match(_getter(i))]
+            images=[image_to_proto(i) for i in self.images.list(ns) if match(_getter(i))]
         )
 
     @rpc
@@ -112,7 +102,7 @@ class ImagesService(images_pb2_grpc.ImagesServicer):
         self.sup.events.publish(
             ns, topics.IMAGE_CREATE, events.ImageCreate(name=created.name, labels=created.labels)
         )
-        return pb.CreateImageResponse(image=_message(created))
+        return pb.CreateImageResponse(image=image_to_proto(created))
 
     @rpc
     def Update(
@@ -132,7 +122,7 @@ class ImagesService(images_pb2_grpc.ImagesServicer):
         self.sup.events.publish(
             ns, topics.IMAGE_UPDATE, events.ImageUpdate(name=updated.name, labels=updated.labels)
         )
-        return pb.UpdateImageResponse(image=_message(updated))
+        return pb.UpdateImageResponse(image=image_to_proto(updated))
 
     @rpc
     def Delete(
