@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from dockyard.errors import AlreadyExists, InvalidArgument, NotFound, SystemFailure
 from dockyard.image.images import Image
-from dockyard.image.unpack import chain_ids
+from dockyard.image.unpack import UNCOMPRESSED_LABEL, chain_ids
 from dockyard.spec.image import (
     CONFIG_TYPES,
     INDEX_TYPES,
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from dockyard.client.client import Client
     from dockyard.client.snapshots import SnapshotsService
 
-UNCOMPRESSED_LABEL = "containerd.io/uncompressed"
 SNAPSHOT_GC_LABEL = "containerd.io/gc.ref.snapshot."
 CONTENT_GC_PREFIX = "containerd.io/gc.ref.content."
 # Nested indexes deeper than this are refused (a loop of indexes, say).

@@ -29,6 +29,10 @@ from dockyard.spec.image import (
 )
 from dockyard.spec.mount import Mount
 
+# containerd's label on a compressed layer blob: its diff ID (the uncompressed
+# digest), set by whoever applies or writes the layer so later unpacks know it.
+UNCOMPRESSED_LABEL = "containerd.io/uncompressed"
+
 # A layer's unpack reports (index, count, diff_id) when it starts.
 Progress = Callable[[int, int, str], None]
 

@@ -45,6 +45,7 @@ from dockyard.errors import (
 )
 from dockyard.image.archive import apply_layer, write_diff
 from dockyard.image.archive.diff import Compression
+from dockyard.image.unpack import UNCOMPRESSED_LABEL
 from dockyard.runtime import libc
 from dockyard.runtime.rootfs import MOUNT_FLAGS
 from dockyard.spec.image import Descriptor, MediaType, layer_compression
@@ -56,7 +57,6 @@ from dockyard.supervisor.services.leases import lease_of
 if TYPE_CHECKING:
     from dockyard.supervisor.daemon import Supervisor
 
-UNCOMPRESSED_LABEL = "containerd.io/uncompressed"
 # media type -> compression of the layers Diff writes (containerd's walking
 # differ writes tar and tar+gzip; zstd comes with the image library)
 DIFF_TYPES: dict[str, Compression] = {
