@@ -17,9 +17,10 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from dockyard.api import typeurl
+from dockyard.api.convert import from_timestamp
 from dockyard.api.services.containers.v1 import containers_pb2 as pb
 from dockyard.api.services.containers.v1 import containers_pb2_grpc
-from dockyard.client.rpc import Connection, from_timestamp
+from dockyard.client.rpc import Connection
 from dockyard.client.wire import field_mask, label_paths, pack_any, unpack_any
 from dockyard.errors import InvalidArgument
 

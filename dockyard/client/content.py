@@ -28,9 +28,10 @@ from typing import IO, Any
 
 import grpc
 
+from dockyard.api.convert import from_timestamp
 from dockyard.api.services.content.v1 import content_pb2 as pb
 from dockyard.api.services.content.v1 import content_pb2_grpc
-from dockyard.client.rpc import Connection, from_grpc, from_timestamp
+from dockyard.client.rpc import Connection, from_grpc
 from dockyard.client.wire import field_mask, label_paths
 from dockyard.errors import AlreadyExists, InvalidArgument, NotFound, SystemFailure
 from dockyard.spec.image import Digester, parse_digest

@@ -25,9 +25,10 @@ import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
+from dockyard.api.convert import from_timestamp
 from dockyard.api.services.events.v1 import events_pb2 as pb
 from dockyard.api.services.events.v1 import events_pb2_grpc
-from dockyard.client.rpc import Connection, from_grpc, from_timestamp
+from dockyard.client.rpc import Connection, from_grpc
 from dockyard.client.wire import pack_any, unpack_any
 from dockyard.errors import DockyardError, SystemFailure
 

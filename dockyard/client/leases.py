@@ -16,9 +16,10 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
+from dockyard.api.convert import from_timestamp
 from dockyard.api.services.leases.v1 import leases_pb2 as pb
 from dockyard.api.services.leases.v1 import leases_pb2_grpc
-from dockyard.client.rpc import Connection, from_timestamp
+from dockyard.client.rpc import Connection
 
 # A lease and a resource are the image library's types, as an image record
 # is: the client and the lease store share them, and the expiry label.

@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 import grpc
 
-from dockyard.api.convert import from_timestamp, to_timestamp
 from dockyard.errors import (
     AlreadyExists,
     DockyardError,
@@ -31,9 +30,6 @@ from dockyard.errors import (
 
 NAMESPACE_KEY = "containerd-namespace"
 LEASE_KEY = "containerd-lease"
-
-# re-exported: the service wrappers import the timestamp conversions from here
-__all__ = ["from_timestamp", "to_timestamp"]
 
 # containerd's client takes up to 16 MiB per message either way (its
 # defaults.DefaultMaxRecvMsgSize / DefaultMaxSendMsgSize).

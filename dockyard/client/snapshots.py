@@ -13,9 +13,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from dockyard.api.convert import from_timestamp
 from dockyard.api.services.snapshots.v1 import snapshots_pb2 as pb
 from dockyard.api.services.snapshots.v1 import snapshots_pb2_grpc
-from dockyard.client.rpc import Connection, from_timestamp
+from dockyard.client.rpc import Connection
 from dockyard.client.wire import field_mask, label_paths, mounts_from_proto
 from dockyard.image.snapshots import Usage
 from dockyard.spec.mount import Mount

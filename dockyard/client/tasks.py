@@ -25,11 +25,12 @@ import grpc
 from google.protobuf.message import Message
 
 from dockyard.api import typeurl
+from dockyard.api.convert import from_timestamp
 from dockyard.api.services.tasks.v1 import tasks_pb2 as pb
 from dockyard.api.services.tasks.v1 import tasks_pb2_grpc
 from dockyard.api.types.task import task_pb2
 from dockyard.client import cio
-from dockyard.client.rpc import NO_TIMEOUT, Connection, from_grpc, from_timestamp
+from dockyard.client.rpc import NO_TIMEOUT, Connection, from_grpc
 from dockyard.client.wire import mount_to_proto, pack_any, unpack_any
 from dockyard.errors import (
     DockyardError,

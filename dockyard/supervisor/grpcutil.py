@@ -18,20 +18,20 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+from google.protobuf import any_pb2
 
-from dockyard.api.convert import now_timestamp, to_timestamp
 from dockyard.errors import DockyardError, FailedPrecondition
 from dockyard.identifiers import validate_identifier
+
+if TYPE_CHECKING:
+    from dockyard.supervisor.metadata import Typed
 
 log = logging.getLogger("dockyard.supervisor")
 
 NAMESPACE_KEY = "containerd-namespace"
-
-# re-exported: the services import them from here
-__all__ = ["now_timestamp", "to_timestamp", "validate_identifier"]
 
 
 def namespace_of(context: grpc.ServicerContext) -> str | None:
@@ -112,3 +112,10 @@ def _aborted(context: grpc.ServicerContext) -> bool:
     # a handler that aborted itself must not be turned into INTERNAL.
     code = context.code()
     return code is not None and code != grpc.StatusCode.OK
+
+
+def typed_any(value: Typed) -> any_pb2.Any | None:
+    """A record's kept ``Any`` (container spec, runtime options) as a message; None if unset."""
+    if not value:
+        return None
+    return any_pb2.Any(type_url=value.type_url, value=value.value)

@@ -11,12 +11,13 @@ import grpc
 from google.protobuf import any_pb2, empty_pb2
 
 from dockyard.api import topics
+from dockyard.api.convert import to_timestamp
 from dockyard.api.events import container_pb2 as events
 from dockyard.api.services.containers.v1 import containers_pb2 as pb
 from dockyard.api.services.containers.v1 import containers_pb2_grpc
 from dockyard.errors import FailedPrecondition, InvalidArgument
 from dockyard.filters import map_field, matcher
-from dockyard.supervisor.grpcutil import namespace, rpc, to_timestamp
+from dockyard.supervisor.grpcutil import namespace, rpc, typed_any
 from dockyard.supervisor.metadata import Container, Typed
 
 if TYPE_CHECKING:
@@ -25,12 +26,6 @@ if TYPE_CHECKING:
 
 def _typed(value: any_pb2.Any) -> Typed:
     return Typed(value.type_url, value.value)
-
-
-def _any(value: Typed) -> any_pb2.Any | None:
-    if not value:
-        return None
-    return any_pb2.Any(type_url=value.type_url, value=value.value)
 
 
 def from_message(m: pb.Container) -> Container:
@@ -52,8 +47,8 @@ def to_message(c: Container) -> pb.Container:
         id=c.id,
         labels=c.labels,
         image=c.image,
-        runtime=pb.Container.Runtime(name=c.runtime, options=_any(c.runtime_options)),
-        spec=_any(c.spec),
+        runtime=pb.Container.Runtime(name=c.runtime, options=typed_any(c.runtime_options)),
+        spec=typed_any(c.spec),
         snapshotter=c.snapshotter,
         snapshot_key=c.snapshot_key,
         created_at=to_timestamp(c.created_at),
@@ -136,7 +131,7 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
                 id=c.id,
                 image=c.image,
                 runtime=events.ContainerCreate.Runtime(
-                    name=c.runtime, options=_any(c.runtime_options)
+                    name=c.runtime, options=typed_any(c.runtime_options)
                 ),
             ),
         )

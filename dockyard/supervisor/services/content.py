@@ -25,6 +25,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from dockyard.api import topics
+from dockyard.api.convert import to_timestamp
 from dockyard.api.events import content_pb2 as events
 from dockyard.api.services.content.v1 import content_pb2 as pb
 from dockyard.api.services.content.v1 import content_pb2_grpc
@@ -32,7 +33,7 @@ from dockyard.errors import AlreadyExists, DockyardError, InvalidArgument, NotFo
 from dockyard.image.content import CHUNK, Info, Status
 from dockyard.image.leases import Resource
 from dockyard.supervisor.content import OutOfRange, check_digest
-from dockyard.supervisor.grpcutil import batches, namespace, rpc, to_timestamp
+from dockyard.supervisor.grpcutil import batches, namespace, rpc
 from dockyard.supervisor.services.leases import lease_of
 
 if TYPE_CHECKING:

@@ -13,8 +13,9 @@ from dockyard.api.services.events.v1 import events_pb2 as pb
 from dockyard.api.services.events.v1 import events_pb2_grpc
 from dockyard.api.services.ttrpc.events.v1 import events_pb2 as ttrpc_events_pb2
 from dockyard.errors import InvalidArgument
+from dockyard.identifiers import validate_identifier
 from dockyard.supervisor.events import Envelope, matcher, validate_topic
-from dockyard.supervisor.grpcutil import namespace, rpc, validate_identifier
+from dockyard.supervisor.grpcutil import namespace, rpc
 
 if TYPE_CHECKING:
     from dockyard.supervisor.daemon import Supervisor

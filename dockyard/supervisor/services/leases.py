@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING
 import grpc
 from google.protobuf import empty_pb2
 
+from dockyard.api.convert import to_timestamp
 from dockyard.api.services.leases.v1 import leases_pb2 as pb
 from dockyard.api.services.leases.v1 import leases_pb2_grpc
 from dockyard.filters import Getter, map_field, matcher
 from dockyard.image.leases import Lease, Resource
-from dockyard.supervisor.grpcutil import namespace, rpc, to_timestamp
+from dockyard.supervisor.grpcutil import namespace, rpc
 
 if TYPE_CHECKING:
     from dockyard.supervisor.daemon import Supervisor

@@ -13,7 +13,8 @@ from dockyard.api.events import namespace_pb2 as events
 from dockyard.api.services.namespaces.v1 import namespace_pb2 as pb
 from dockyard.api.services.namespaces.v1 import namespace_pb2_grpc
 from dockyard.fieldpaths import update_labels
-from dockyard.supervisor.grpcutil import rpc, validate_identifier
+from dockyard.identifiers import validate_identifier
+from dockyard.supervisor.grpcutil import rpc
 
 if TYPE_CHECKING:
     from dockyard.supervisor.daemon import Supervisor

@@ -25,7 +25,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from dockyard.api import topics
-from dockyard.api.convert import mount_to_proto
+from dockyard.api.convert import mount_to_proto, to_timestamp
 from dockyard.api.events import snapshot_pb2 as events
 from dockyard.api.services.snapshots.v1 import snapshots_pb2 as pb
 from dockyard.api.services.snapshots.v1 import snapshots_pb2_grpc
@@ -37,7 +37,7 @@ from dockyard.image.gc import gc_lock
 from dockyard.image.leases import Resource
 from dockyard.image.snapshots import Info, Kind, Snapshotter, snapshot_getter
 from dockyard.supervisor.daemon import snapshot_key
-from dockyard.supervisor.grpcutil import batches, namespace, rpc, to_timestamp
+from dockyard.supervisor.grpcutil import batches, namespace, rpc
 from dockyard.supervisor.services.leases import lease_of
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ import grpc
 from google.protobuf import any_pb2, empty_pb2
 
 from dockyard.api import typeurl
-from dockyard.api.convert import mount_to_proto
+from dockyard.api.convert import mount_to_proto, now_timestamp, to_timestamp
 from dockyard.api.runc.options import oci_pb2
 from dockyard.api.runtime.task.v2 import shim_pb2
 from dockyard.api.services.tasks.v1 import tasks_pb2 as pb
@@ -33,15 +33,10 @@ from dockyard.api.types import metrics_pb2, mount_pb2
 from dockyard.api.types.task import task_pb2
 from dockyard.errors import DockyardError, InvalidArgument, NotFound, Unsupported
 from dockyard.filters import matcher
+from dockyard.identifiers import validate_identifier
 from dockyard.supervisor import ttrpc_events
 from dockyard.supervisor.daemon import snapshot_key
-from dockyard.supervisor.grpcutil import (
-    namespace,
-    now_timestamp,
-    rpc,
-    to_timestamp,
-    validate_identifier,
-)
+from dockyard.supervisor.grpcutil import namespace, rpc, typed_any
 from dockyard.supervisor.metadata import Container
 from dockyard.supervisor.shims import (
     CALL_TIMEOUT,
@@ -58,10 +53,6 @@ log = logging.getLogger("dockyard.supervisor.tasks")
 
 RUNC_OPTIONS = typeurl.type_url(oci_pb2.Options())
 EMPTY = empty_pb2.Empty()
-
-
-def _any(type_url: str, value: bytes) -> any_pb2.Any:
-    return any_pb2.Any(type_url=type_url, value=value)
 
 
 class TasksService(tasks_pb2_grpc.TasksServicer):
@@ -85,7 +76,7 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
         if request.HasField("options") and request.options.type_url:
             opts = request.options
         elif c.runtime_options:
-            opts = _any(c.runtime_options.type_url, c.runtime_options.value)
+            opts = typed_any(c.runtime_options)
         defaults = self.sup.config.runtimes.get(c.runtime)
         if opts is not None and opts.type_url.rsplit("/", 1)[-1] == RUNC_OPTIONS:
             runc = typeurl.unpack_to(opts, oci_pb2.Options)
