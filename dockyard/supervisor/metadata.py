@@ -19,14 +19,14 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from dockyard import unixtime
 from dockyard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from dockyard.fieldpaths import update_map
+from dockyard.fieldpaths import update_labels, update_map
 from dockyard.identifiers import validate_identifier
 from dockyard.image.content import validate_labels
 from dockyard.unixtime import from_unix_nanos, to_unix_nanos
@@ -163,15 +163,19 @@ class Metadata:
             rows = self.db.execute("SELECT name, labels FROM namespaces ORDER BY name").fetchall()
         return [(name, json.loads(labels)) for name, labels in rows]
 
-    def set_namespace_labels(self, name: str, labels: dict[str, str]) -> None:
-        validate_labels(labels)
+    def update_namespace_labels(
+        self, name: str, labels: Mapping[str, str], fieldpaths: list[str]
+    ) -> dict[str, str]:
+        """containerd's label update of a namespace (``fieldpaths`` as
+        ``fieldpaths.update_labels`` takes them), read and written under the
+        lock, so two updates at once cannot lose a label; the new labels."""
         with self.lock:
-            cur = self.db.execute(
+            new = update_labels(self.get_namespace(name), labels, fieldpaths, f"namespace {name!r}")
+            self.db.execute(
                 "UPDATE namespaces SET labels = ? WHERE name = ?",
-                (json.dumps(labels, sort_keys=True), name),
+                (json.dumps(new, sort_keys=True), name),
             )
-        if cur.rowcount == 0:
-            raise NotFound(f"namespace {name!r}: not found")
+        return new
 
     def delete_namespace(self, name: str) -> None:
         with self.lock:

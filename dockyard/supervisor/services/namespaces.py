@@ -12,7 +12,6 @@ from dockyard.api import topics
 from dockyard.api.events import namespace_pb2 as events
 from dockyard.api.services.namespaces.v1 import namespace_pb2 as pb
 from dockyard.api.services.namespaces.v1 import namespace_pb2_grpc
-from dockyard.fieldpaths import update_labels
 from dockyard.identifiers import validate_identifier
 from dockyard.supervisor.grpcutil import rpc
 
@@ -60,13 +59,9 @@ class NamespacesService(namespace_pb2_grpc.NamespacesServicer):
         self, request: pb.UpdateNamespaceRequest, context: grpc.ServicerContext
     ) -> pb.UpdateNamespaceResponse:
         ns = request.namespace
-        labels = update_labels(
-            self.meta.get_namespace(ns.name),
-            ns.labels,
-            list(request.update_mask.paths),
-            f"namespace {ns.name!r}",
+        labels = self.meta.update_namespace_labels(
+            ns.name, ns.labels, list(request.update_mask.paths)
         )
-        self.meta.set_namespace_labels(ns.name, labels)
         self.sup.events.publish(
             ns.name, topics.NAMESPACE_UPDATE, events.NamespaceUpdate(name=ns.name, labels=labels)
         )
