@@ -54,6 +54,7 @@ from tests.compat.host import (  # noqa: E402
     CONTAINERD_CONFIG,
     pids_mentioning,
     stop_process,
+    tail,
     unmount_under,
 )
 
@@ -96,13 +97,6 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise StepFailed(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.05)
-
-
-def tail(path: Path, n: int = 2000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
 
 
 def run_timed(argv: list[str], log: Path, env: dict[str, str] | None = None) -> float:

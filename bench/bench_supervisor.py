@@ -73,6 +73,7 @@ from tests.compat.host import (  # noqa: E402
     remove_cgroups,
     stop_pid,
     stop_process,
+    tail,
     unmount_under,
 )
 from tests.images import build_image_archive  # noqa: E402
@@ -104,6 +105,11 @@ class StepFailed(Exception):
 
 def log(msg: str) -> None:
     print(f"bench_supervisor: {msg}", file=sys.stderr, flush=True)
+
+
+def read_all(path: Path) -> str:
+    """A log or trace this run wrote; empty if it was never written."""
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def last_line(text: str) -> str:
@@ -193,7 +199,7 @@ class Daemon:
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
-                raise StepFailed(f"{self.label} exited early: {last_line(tail(self.log))}")
+                raise StepFailed(f"{self.label} exited early: {tail(self.log, lines=1)}")
             if os.path.exists(self.address) and self.ctr("version", check=False).returncode == 0:
                 break
             if time.monotonic() > deadline:
@@ -292,13 +298,6 @@ def _listening(path: str) -> bool:
         except OSError:
             return False
     return True
-
-
-def tail(path: Path, n: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
 
 
 # -- memory of processes ------------------------------------------------------------
@@ -815,7 +814,7 @@ def profile(base: Path, archive: Path, image_ref: str, n: int) -> dict[str, Any]
             d.remove_leftovers()
         os.environ.pop("DOCKYARD_BENCH_TRACE", None)
     spans: list[Span] = []
-    for raw in tail(trace, 1 << 30).splitlines():
+    for raw in read_all(trace).splitlines():
         try:
             r = json.loads(raw)
         except ValueError:
@@ -958,7 +957,7 @@ def shim_serving_marks(log_path: Path, offset: float) -> list[Span]:
     marks = []
     pattern = re.compile(r'time="(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z"[^\n]*'
                          r'msg="serving the task api"')  # fmt: skip
-    for m in pattern.finditer(tail(log_path, 1 << 30)):
+    for m in pattern.finditer(read_all(log_path)):
         whole = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
         t = whole.timestamp() + float(m.group(2) or 0) - offset
         marks.append(Span("mark", "shim serving", t, t))
