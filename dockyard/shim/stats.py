@@ -61,13 +61,9 @@ def cgroup_paths(pid: int) -> dict[str, str]:
             continue  # a hybrid host's v2 tree holds no controllers we report
         for c in h.controllers:
             path = own.get(c)
-            if path is None:
-                continue
-            # /proc/<pid>/cgroup is relative to the hierarchy's root; the mount
-            # may show only a subtree of it.
-            if h.root != "/" and (path == h.root or path.startswith(h.root + "/")):
-                path = path[len(h.root) :]
-            out[c] = posixpath.normpath(h.mountpoint.rstrip("/") + "/" + path.lstrip("/"))
+            if path is not None:
+                inner = h.in_mount(path)
+                out[c] = posixpath.normpath(h.mountpoint.rstrip("/") + "/" + inner.lstrip("/"))
     return out
 
 

@@ -181,6 +181,13 @@ class Hierarchy:
     def __repr__(self) -> str:
         return f"Hierarchy({self.mountpoint!r}, {self.root!r}, {self.controllers!r})"
 
+    def in_mount(self, path: str) -> str:
+        """A path from /proc/<pid>/cgroup (from the hierarchy's root, outside a
+        cgroup namespace) as a path in this mount, which may show only a subtree."""
+        if self.root != "/" and (path == self.root or path.startswith(self.root + "/")):
+            return path[len(self.root) :]
+        return path
+
 
 def _unescape(s: str) -> str:
     """mountinfo's octal escapes (``\\040`` for a space)."""
@@ -371,11 +378,7 @@ def resolve_paths(
     for h in mounts:
         if relative:
             assert own is not None
-            base = next((own[c] for c in h.controllers if c in own), "/")
-            # Outside a cgroup namespace, /proc/self/cgroup shows the path from the
-            # hierarchy's root while the mount may show only a subtree of it.
-            if h.root != "/" and (base == h.root or base.startswith(h.root + "/")):
-                base = base[len(h.root) :]
+            base = h.in_mount(next((own[c] for c in h.controllers if c in own), "/"))
             inner = posixpath.normpath(posixpath.join("/", base.lstrip("/"), path))
         else:
             inner = posixpath.normpath("/" + path.lstrip("/"))
