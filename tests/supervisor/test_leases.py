@@ -4,6 +4,7 @@ garbage collection until it goes (or expires)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -187,9 +188,14 @@ def test_an_ingest_goes_with_its_lease_and_one_without_a_lease_stays(
 
 
 def test_an_expired_lease_keeps_nothing(supervisor: Supervisor, stubs: Stubs, ns: str) -> None:
-    create(stubs, ns, "old", **{"containerd.io/gc.expire": "2001-01-01T00:00:00Z"})
+    # The lease must still hold when the blob is written: any collection
+    # (another test's delete starts one) removes a lease already expired.
+    expires = int(time.time()) + 2
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+    create(stubs, ns, "old", **{"containerd.io/gc.expire": stamp})
     data = b"held by an expired lease"
     write_blob(stubs.content, ns, data, lease="old")
+    time.sleep(max(0.0, expires + 0.05 - time.time()))
     collect(stubs, ns)
     assert not has_blob(stubs, ns, digest_of(data))
     listed = stubs.leases.List(lpb.ListRequest(), metadata=md(ns, None)).leases
