@@ -30,8 +30,10 @@ fork would become a private copy in each shim alive: that is why the
 spares, not the template, handle requests); ``gc.freeze`` before each fork
 keeps a child's collector off the inherited objects; the free blocks of the
 small-object allocator are filled, so that a shim allocates in pages of its
-own instead of writing into hundreds of shared ones; the fork skips
-CPython's after-fork handlers, needless for a single-threaded process.
+own instead of writing into hundreds of shared ones; the type attribute
+cache is emptied, so that a shim's misses do not write to the strings the
+template's entries name; the fork skips CPython's after-fork handlers,
+needless for a single-threaded process.
 
 ``start`` never fails because of the template: if it does not answer,
 refuses, or its shim dies before going on, the shim is started as a
@@ -592,6 +594,39 @@ def _fill_free_blocks() -> None:
             return
 
 
+def _reset_type_cache() -> None:
+    """Empty CPython's type attribute cache and give every class a fresh version tag.
+
+    Each entry of that cache (4096 of them, in the interpreter's static
+    state) holds a reference to an attribute name. A child that misses the
+    cache drops the reference of the entry it replaces and takes one on its
+    own name: two reference counts written, on two strings that are spread
+    over the template's pages. The template's entries are left over from
+    its imports and serve a shim little, so a shim replaced them by the
+    hundred, each time copying the pages of two strings. Cleared, an
+    evicted entry names ``None`` (libpython's static state, copied anyway).
+
+    Clearing also voids every class's version tag; a lookup of a missing
+    name on each class gives it a new one here, so a shim does not write a
+    tag into each class it uses. The entries that lookup leaves name one
+    string.
+    """
+    sys._clear_type_cache()
+    missing = "\0dockyard-template"
+    todo: list[type] = [object]
+    seen: set[int] = set()
+    while todo:
+        cls = todo.pop()
+        if id(cls) in seen:
+            continue
+        seen.add(id(cls))
+        try:
+            type.__getattribute__(cls, missing)
+        except AttributeError:
+            pass
+        todo.extend(type.__subclasses__(cls))
+
+
 def _fork_spares(spare: _Spare) -> None:
     """The template's loop: fork a spare, wait until it took a request (or died),
     fork the next, reaping exited shims meanwhile; until SIGTERM. Nothing else
@@ -614,6 +649,7 @@ def _fork_spares(spare: _Spare) -> None:
     wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     spare.wake_fds = (wake_r, wake_w)
+    _reset_type_cache()
     _fill_free_blocks()
     pid = 0
     pause = 0.0

@@ -456,3 +456,34 @@ def test_template_refuses_an_open_directory() -> None:
     finally:
         t.stop()
         rmtree(base)
+
+
+def test_type_cache_reset_runs_no_class_code() -> None:
+    """The template's type-cache reset looks a missing name up on every class
+    (for their version tags): in a fresh interpreter, with a metaclass whose
+    ``__getattr__`` and a class whose ``__getattribute__`` would record the
+    call, nothing of theirs runs and lookups still work afterwards."""
+    code = """
+import sys
+from dockyard.shim import template
+calls = []
+class Meta(type):
+    def __getattr__(cls, name):
+        calls.append(("meta", name))
+        raise AttributeError(name)
+class Loud(metaclass=Meta):
+    def __getattribute__(self, name):
+        calls.append(("instance", name))
+        return object.__getattribute__(self, name)
+    value = 7
+class Child(Loud):
+    pass
+template._reset_type_cache()
+assert calls == [], calls
+assert Child.value == 7 and int.__add__(2, 3) == 5
+print("ok")
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
