@@ -227,9 +227,9 @@ class _Spare:
     """
 
     def __init__(self, server: Any, shim_binary: str) -> None:
+        import _signal  # type: ignore[import-not-found]  # signal.py's wrappers run enum code
         import ctypes
         import gc
-        import signal
         import struct
 
         from dockyard import jsonio
@@ -252,7 +252,7 @@ class _Spare:
         self.root_id = (st.st_dev, st.st_ino)
         self.ucred = struct.Struct("3i")
         self.cmsg_space = _socket.CMSG_SPACE(4 * 4)
-        self.gc, self.signal, self.libc, self.ctypes = gc, signal, libc, ctypes
+        self.gc, self.signal, self.libc, self.ctypes = gc, _signal, libc, ctypes
         self.loads, self.dumps = jsonio.loads, jsonio.dumps
         self.flag_error = DockyardError
         self.parse_flags, self.main = parse_flags, main
