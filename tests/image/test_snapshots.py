@@ -529,3 +529,21 @@ def test_long_overlay_with_a_missing_layer_fails_cleanly(
     assert e.value.errno == errno.ENOENT
     assert "overlay" in str(e.value)
     assert not os.path.ismount(target)
+
+
+def test_an_empty_label_value_is_no_label(snap: Snapshotter) -> None:
+    """containerd's rule (its label writer skips empty values): at prepare,
+    commit and update; and update checks labels as prepare does."""
+    snap.prepare("a", labels={"keep": "1", "empty": ""})
+    assert snap.stat("a").labels == {"keep": "1"}
+    info = snap.stat("a")
+    info.labels = {"keep": "", "new": "2"}
+    assert snap.update(info, ["labels.keep", "labels.new"]).labels == {"new": "2"}
+    info.labels = {"x": "", "y": "3"}
+    assert snap.update(info).labels == {"y": "3"}
+    info.labels = {"k": "v" * 5000}
+    with pytest.raises(InvalidArgument, match="label"):
+        snap.update(info, ["labels.k"])
+    assert snap.stat("a").labels == {"y": "3"}, "a refused update changes nothing"
+    snap.commit("A", "a", labels={"c": "", "d": "4"})
+    assert snap.stat("A").labels == {"d": "4"}

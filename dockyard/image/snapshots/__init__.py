@@ -50,7 +50,7 @@ from dockyard.errors import (
     SystemFailure,
     Unsupported,
 )
-from dockyard.fieldpaths import update_map
+from dockyard.fieldpaths import update_labels
 from dockyard.filters import Getter, map_field, matcher
 from dockyard.image.content import fsync_dir
 from dockyard.image.snapshots.metadata import MetaStore, Record
@@ -96,6 +96,11 @@ class Usage:
 
     size: int = 0
     inodes: int = 0
+
+
+def _set_labels(labels: dict[str, str] | None) -> dict[str, str]:
+    """The labels a snapshot keeps: an empty value is no label (containerd's rule)."""
+    return {k: v for k, v in (labels or {}).items() if v}
 
 
 def _info(rec: Record) -> Info:
@@ -206,7 +211,9 @@ class Snapshotter:
         if rec.kind != Kind.ACTIVE:
             raise FailedPrecondition(f'commit snapshot "{key}": not active ({rec.kind})')
         u = disk_usage(self._own_dir(rec.id))
-        self._meta.commit(name, key, labels, u.size, u.inodes)
+        self._meta.commit(
+            name, key, None if labels is None else _set_labels(labels), u.size, u.inodes
+        )
 
     def remove(self, key: str) -> None:
         """Remove a snapshot; refused (FailedPrecondition) while it has children."""
@@ -218,19 +225,12 @@ class Snapshotter:
 
     def update(self, info: Info, fieldpaths: Iterable[str] | None = None) -> Info:
         """Update labels of ``info.name``: all of them (no fieldpaths, or ``labels``),
-        or the ones named ``labels.<key>`` (absent from ``info.labels``: deleted)."""
+        or the ones named ``labels.<key>`` (absent from ``info.labels`` or empty:
+        deleted). Labels are checked as at creation; an empty value is no label."""
         paths = list(fieldpaths or [])
         with self._meta.write():
             rec = self._meta.get(info.name)
-            if not paths:
-                labels = dict(info.labels)
-            else:
-                labels = dict(rec.labels)
-                for p in paths:
-                    if not update_map(labels, info.labels, p, "labels"):
-                        raise InvalidArgument(
-                            f'update snapshot "{info.name}": cannot update field {p!r}'
-                        )
+            labels = update_labels(rec.labels, info.labels, paths, f'update snapshot "{info.name}"')
             return _info(self._meta.set_labels(info.name, labels))
 
     def usage(self, key: str) -> Usage:
@@ -333,7 +333,7 @@ class Snapshotter:
             except OSError as e:
                 raise SystemFailure(f'{kind} snapshot "{key}": {e}') from e
             with self._meta.write():
-                rec = self._meta.create(key, kind, parent, dict(labels or {}))
+                rec = self._meta.create(key, kind, parent, _set_labels(labels))
                 final = self._dir(rec.id)
                 if os.path.lexists(final):
                     # left by a crash before its record was committed; the id is ours now
