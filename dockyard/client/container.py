@@ -135,6 +135,9 @@ class Container:
             raise FailedPrecondition(
                 f"delete container {self.id!r}: it has a task: delete it first"
             )
+        self._delete_record(snapshot)
+
+    def _delete_record(self, snapshot: bool) -> None:
         record = self.info()
         if snapshot and record.snapshot_key and record.snapshotter:
             try:
@@ -156,6 +159,6 @@ class Container:
             except NotFound:
                 pass
         try:
-            self.delete()
+            self._delete_record(snapshot=True)  # its task is gone: no need to ask again
         except NotFound:
             pass
