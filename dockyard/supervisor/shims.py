@@ -867,11 +867,13 @@ class ShimManager:
                 raise
             shim_error = e
         if shim_error is None:
-            # The shim published the task's exit and delete itself.
+            # The shim published the task's exit and delete itself; the task
+            # leaves the list now, not after its shim has shut down.
             shim.gone.set()
             self._remove(shim)
         address = read_address(shim.bundle.path).strip()
         self._shutdown(shim)
+        # Again for a shim that did not answer its Delete (both are idempotent).
         shim.gone.set()
         shim.close()
         self._close_log(shim)
