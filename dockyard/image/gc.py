@@ -459,7 +459,7 @@ def _collect(
             report.records.append((namespace, digest))
         # a blob stays while any namespace keeps its record
         kept = {digest for _, digest in mark.kept_blobs}
-        doomed_blobs = {i.digest: i.size for i in content.walk() if i.digest not in kept}
+        doomed_blobs = {d: size for d, size in content.sizes() if d not in kept}
     for digest, size in sorted(doomed_blobs.items()):
         # A blob deleted by someone else since the walk is not reported by a real run
         # (delete says NotFound); a dry run reports what the walk found, what a gc would

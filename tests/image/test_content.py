@@ -452,3 +452,13 @@ def test_store_reopened_sees_everything(store: ContentStore, tmp_path: Path) -> 
     again = ContentStore(store.root)
     assert dict(again.info(dgst).labels) == {"k": "v"}
     assert [s.ref for s in again.statuses()] == ["pending"]
+
+
+def test_sizes_lists_what_walk_does_without_the_labels(store: ContentStore) -> None:
+    a = put(store, b"a", {"kind": "layer"})
+    b = put(store, b"bb")
+    stray = Path(store.root) / "blobs" / "sha256" / "not-a-digest"
+    stray.write_bytes(b"x")
+    (Path(store.root) / "blobs" / "md5").mkdir()
+    assert dict(store.sizes()) == {a: 1, b: 2}
+    assert dict(store.sizes()) == {i.digest: i.size for i in store.walk()}
