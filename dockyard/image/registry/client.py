@@ -24,7 +24,14 @@ from dockyard.errors import DockyardError, InvalidArgument
 from dockyard.image.registry import auth
 from dockyard.image.registry.errors import RegistryError, Unauthorized, from_response
 from dockyard.image.registry.transport import CONNECTION_ERRORS, Origin, Response, Transport
-from dockyard.spec.image import MAX_MANIFEST_SIZE, Digester, MediaType, digest_of
+from dockyard.spec.image import (
+    MAX_MANIFEST_SIZE,
+    Digester,
+    MediaType,
+    digest_of,
+    parse_digest,
+    validate_digest,
+)
 
 MANIFEST_MEDIA_TYPES = (
     MediaType.OCI_INDEX,
@@ -82,14 +89,8 @@ def is_digest(ref: str) -> bool:
     return _DIGEST.fullmatch(ref) is not None
 
 
-def check_digest(digest: str) -> str:
-    if not is_digest(digest):
-        raise InvalidArgument(f"invalid digest {digest!r}")
-    return digest
-
-
 def digester_for(digest: str) -> Digester:
-    return Digester(check_digest(digest).split(":", 1)[0])
+    return Digester(parse_digest(digest)[0])
 
 
 def is_local(host: str) -> bool:
@@ -454,7 +455,7 @@ class Registry:
         commit); resumed from an earlier offset, the sink's commit verifies it.
         """
         repo = self.repository(repo)
-        check_digest(digest)
+        validate_digest(digest)
         if size < 0 or not 0 <= offset <= size:
             raise InvalidArgument(f"fetch blob {digest}: invalid size {size} or offset {offset}")
         what = f"fetch blob {self._name(repo, digest)}"
@@ -595,7 +596,7 @@ class Registry:
 
     def blob_exists(self, repo: str, digest: str) -> bool:
         repo = self.repository(repo)
-        check_digest(digest)
+        validate_digest(digest)
         what = f"check blob {self._name(repo, digest)}"
         resp = self._send("HEAD", self._url(repo, "blobs", digest), self._scopes(repo), what)
         if resp.status == 200:
@@ -609,7 +610,7 @@ class Registry:
         registry did not mount it (the upload it opened instead is cancelled)."""
         repo = self.repository(repo)
         from_repo = self.repository(from_repo)
-        check_digest(digest)
+        validate_digest(digest)
         what = f"mount blob {digest} from {from_repo} into {self._name(repo)}"
         query = urllib.parse.urlencode({"mount": digest, "from": from_repo})
         url = f"{self.base_url}/v2/{repo}/blobs/uploads/?{query}"
@@ -659,7 +660,7 @@ class Registry:
         """Upload a blob: monolithic (POST, then one PUT with the bytes) or, with
         ``chunk_size``, chunked (POST, PATCHes with Content-Range, PUT)."""
         repo = self.repository(repo)
-        check_digest(digest)
+        validate_digest(digest)
         what = f"upload blob {self._name(repo, digest)}"
         if isinstance(data, bytes):
             if len(data) != size:
