@@ -73,6 +73,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
+from dockyard.atomicfile import fsync_dir, replace_file
 from dockyard.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -121,34 +122,6 @@ class Status:
 
 def _time(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
-
-
-def fsync_dir(path: str) -> None:
-    """Make the entries of directory ``path`` (a rename into it) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data``: a temp file in the same dir, fsync, rename."""
-    d = os.path.dirname(path)
-    tmp = os.path.join(d, f".tmp-{os.getpid()}-{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(d)
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -562,7 +535,7 @@ class ContentStore:
         path = self._labels_path(digest)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         body = {"created_at": created_at, "updated_at": updated_at, "labels": labels}
-        _write_atomic(path, json.dumps(body, sort_keys=True).encode())
+        replace_file(path, json.dumps(body, sort_keys=True).encode(), sync=True)
 
     # -- ingests -------------------------------------------------------------
 
@@ -644,7 +617,7 @@ class ContentStore:
             ):
                 meta["total"] = had_total if had_total is not None else total
                 meta["expected"] = had_expected if had_expected is not None else expected
-                _write_atomic(meta_path, json.dumps(meta).encode())
+                replace_file(meta_path, json.dumps(meta).encode(), sync=True)
             fd = os.open(data_path, os.O_RDWR | os.O_CLOEXEC)
             try:
                 algorithm = self._algorithm(meta.get("expected"))
@@ -659,7 +632,7 @@ class ContentStore:
         fd = os.open(data_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             meta = {"ref": ref, "expected": expected, "total": total, "started_at": time.time()}
-            _write_atomic(meta_path, json.dumps(meta).encode())
+            replace_file(meta_path, json.dumps(meta).encode(), sync=True)
         except BaseException:
             os.close(fd)
             raise

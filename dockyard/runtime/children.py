@@ -49,11 +49,9 @@ def wait_forwarding_signals(pid: int) -> int:
 
 
 def write_pid_file(path: str, pid: int) -> None:
-    path = os.path.abspath(path)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w") as f:
-        f.write(str(pid))
-    os.rename(tmp, path)
+    from dockyard.atomicfile import replace_file
+
+    replace_file(path, str(pid).encode(), 0o666)
 
 
 def kill_and_wait(pid: int, timeout: float = 10.0) -> None:

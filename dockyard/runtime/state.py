@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from dockyard import jsonio
+from dockyard.atomicfile import replace_file
 from dockyard.errors import AlreadyExists, InvalidArgument, NotFound
 
 TYPE_CHECKING = False
@@ -145,11 +146,7 @@ class ContainerState:
         return out
 
     def save(self) -> None:
-        tmp = os.path.join(self.dir, STATE_FILE + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(jsonio.dumps(self.data))
-        os.rename(tmp, os.path.join(self.dir, STATE_FILE))
+        replace_file(os.path.join(self.dir, STATE_FILE), jsonio.dumps(self.data).encode(), 0o600)
 
 
 def _frozen(paths: dict[str, str]) -> bool:

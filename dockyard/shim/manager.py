@@ -101,15 +101,9 @@ def remove_socket(address: str) -> None:
 
 
 def write_address(address: str, directory: str = ".") -> None:
-    path = os.path.join(os.path.abspath(directory), ADDRESS_FILE)
-    tmp = os.path.join(os.path.dirname(path), "." + ADDRESS_FILE)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-    try:
-        os.write(fd, address.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    from dockyard.atomicfile import replace_file
+
+    replace_file(os.path.join(directory, ADDRESS_FILE), address.encode(), 0o666, sync=True)
 
 
 def read_address(directory: str = ".") -> str:

@@ -134,11 +134,9 @@ def save(bundle: str, runtime: str, root: str, systemd_cgroup: bool) -> None:
     from dockyard import jsonio
 
     data = {"runtime": runtime, "root": root, "systemd_cgroup": systemd_cgroup}
-    path = os.path.join(bundle, OPTIONS_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(jsonio.dumps(data))
-    os.replace(tmp, path)
+    from dockyard.atomicfile import replace_file
+
+    replace_file(os.path.join(bundle, OPTIONS_FILE), jsonio.dumps(data).encode())
 
 
 def load(bundle: str) -> dict[str, Any] | None:

@@ -22,6 +22,7 @@ import os
 SHIM_MODULES = (
     "dockyard.jsonio",
     "dockyard.errors",
+    "dockyard.atomicfile",
     "dockyard.shim.main",
     "dockyard.shim.manager",
     "dockyard.shim.server",

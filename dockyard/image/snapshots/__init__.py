@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from dockyard.atomicfile import fsync_dir
 from dockyard.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -52,7 +53,6 @@ from dockyard.errors import (
 )
 from dockyard.fieldpaths import update_labels
 from dockyard.filters import Getter, map_field, matcher
-from dockyard.image.content import fsync_dir
 from dockyard.image.snapshots.metadata import MetaStore, Record
 from dockyard.spec.mount import Mount
 from dockyard.unixtime import from_unix_nanos

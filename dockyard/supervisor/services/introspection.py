@@ -14,6 +14,7 @@ from google.protobuf import empty_pb2
 from dockyard.api.services.introspection.v1 import introspection_pb2 as pb
 from dockyard.api.services.introspection.v1 import introspection_pb2_grpc
 from dockyard.api.types import platform_pb2
+from dockyard.atomicfile import replace_file
 from dockyard.filters import matcher
 from dockyard.spec.image import host_platform
 from dockyard.supervisor.daemon import Plugin
@@ -33,10 +34,7 @@ def _server_uuid(root: str) -> str:
     except FileNotFoundError:
         pass
     value = str(uuid.uuid4())
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(value)
-    os.replace(tmp, path)
+    replace_file(path, value.encode())
     return value
 
 
