@@ -16,9 +16,13 @@ the image library's safe applier and diff writer:
 
 Mounts come from the client: they are checked before anything is mounted.
 Only bind and overlay mounts of this supervisor's own snapshot directories
-are taken, with options from a fixed list, so a request cannot make the
-daemon write a layer into, or read one out of, any other place. What is
-mounted is unmounted on every path, errors included.
+(below a snapshotter's ``snapshots`` directory, never its root with the
+records) are taken, with options from a fixed list, so a request cannot make
+the daemon write a layer into, or read one out of, any other place. Overlay
+paths are checked as overlayfs reads them: a backslash keeps the character
+after it, a comma would end the option (refused), and a path option comes
+once (the kernel keeps the last ``lowerdir=``, the long-overlay mount joins
+them all). What is mounted is unmounted on every path, errors included.
 """
 
 from __future__ import annotations
@@ -70,19 +74,36 @@ _OVERLAY_VALUES = ("index", "redirect_dir", "metacopy", "xino", "nfs_export")
 _OVERLAY_FLAGS = ("userxattr", "volatile")
 
 
+def _unescaped(value: str, sep: str = "") -> list[str]:
+    """An overlay path option's value as overlayfs reads it: a backslash keeps the
+    character after it, whatever it is, and goes; split at each other ``sep``
+    (lowerdir's ':'), empty parts dropped."""
+    parts: list[str] = []
+    cur: list[str] = []
+    chars = iter(value)
+    for ch in chars:
+        if ch == "\\":
+            cur.append(next(chars, ""))
+        elif sep and ch == sep:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return [p for p in parts if p]
+
+
 def _overlay_dirs(m: Mount) -> tuple[str, str, list[str]]:
-    """The upper, work and lower directories of an overlay mount."""
+    """The upper, work and lower directories of an overlay mount, as the kernel reads them."""
     upper = work = ""
     lowers: list[str] = []
     for opt in m.options:
         if opt.startswith("upperdir="):
-            upper = opt[len("upperdir=") :]
+            upper = "".join(_unescaped(opt[len("upperdir=") :]))
         elif opt.startswith("workdir="):
-            work = opt[len("workdir=") :]
+            work = "".join(_unescaped(opt[len("workdir=") :]))
         elif opt.startswith("lowerdir="):
-            # ':' separates the directories; a backslash-escaped one is part of a name
-            value = opt[len("lowerdir=") :].replace("\\:", "\0")
-            lowers = [p.replace("\0", ":") for p in value.split(":") if p]
+            lowers = _unescaped(opt[len("lowerdir=") :], ":")
     return upper, work, lowers
 
 
@@ -90,6 +111,8 @@ def _paths_of(m: Mount) -> list[str]:
     """Every host path a mount refers to, after checking its type and options."""
     if m.target:
         raise InvalidArgument(f"mount {m.type} {m.source}: a target is not allowed here")
+    if any("\0" in s for s in (m.type, m.source, *m.options)):
+        raise InvalidArgument(f"mount {m.type} {m.source!r}: a NUL character is not allowed")
     if m.type in ("bind", "rbind"):
         for opt in m.options:
             if opt not in MOUNT_FLAGS:
@@ -97,8 +120,16 @@ def _paths_of(m: Mount) -> list[str]:
         return [m.source]
     if m.type != "overlay":
         raise InvalidArgument(f"mount type {m.type!r}: only bind and overlay mounts are accepted")
+    given: set[str] = set()
     for opt in m.options:
+        if "," in opt:
+            # the kernel would read what follows as options of their own
+            raise InvalidArgument(f"mount overlay: option {opt!r}: ',' is not allowed")
         name, eq, _ = opt.partition("=")
+        if name in _OVERLAY_PATHS:
+            if name in given:
+                raise InvalidArgument(f"mount overlay: {name} given more than once")
+            given.add(name)
         if eq:
             known = name in _OVERLAY_PATHS or name in _OVERLAY_VALUES
         else:
@@ -121,13 +152,14 @@ class DiffService(diff_pb2_grpc.DiffServicer):
 
     def _validated(self, mounts: list[mount_pb2.Mount], what: str) -> list[Mount]:
         out = [mount_from_proto(m) for m in mounts]
-        roots = [os.path.realpath(sn.root) for sn in self.sup.snapshotters.values()]
+        # below a snapshotter's snapshots directory: its root holds the records
+        roots = [os.path.realpath(sn.snapshots_dir) for sn in self.sup.snapshotters.values()]
         for m in out:
             for path in _paths_of(m):
                 if not os.path.isabs(path):
                     raise InvalidArgument(f"{what}: mount path {path!r} is not absolute")
                 real = os.path.realpath(path)
-                if not any(os.path.commonpath([real, r]) == r for r in roots):
+                if not any(real != r and os.path.commonpath([real, r]) == r for r in roots):
                     raise InvalidArgument(
                         f"{what}: mount path {path} is not in a snapshot of this daemon"
                     )
