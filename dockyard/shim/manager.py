@@ -55,7 +55,10 @@ def socket_address(containerd_address: str, namespace: str, id: str) -> str:
 
 
 def socket_path(address: str) -> str:
-    """The filesystem path of a ``unix://`` address (abstract ones start with NUL)."""
+    """The AF_UNIX address of a shim socket address, by containerd's shim rule:
+    ``unix:///path`` is a file, anything else names an abstract socket (what
+    older shims printed). Not ``ttrpc.client.socket_address``, which reads a
+    dial address such as ``TTRPC_ADDRESS``, where a bare path is a file."""
     if address.startswith("unix://"):
         return address[len("unix://") :]
     return "\0" + address
