@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 
 from dockyard.client import cio
 from dockyard.client.containers import ContainerRecord
-from dockyard.client.tasks import Task
+from dockyard.client.tasks import Task, attached
 from dockyard.errors import FailedPrecondition, InvalidArgument, NotFound
 from dockyard.image.images import Image
 from dockyard.spec.mount import Mount
@@ -114,10 +114,7 @@ class Container:
 
     def task(self, attach: cio.Attach | None = None) -> Task:
         """The container's existing task (reattached to its FIFOs if ``attach``)."""
-        state = self._client.tasks.get(self.id)
-        io = None
-        if attach is not None:
-            io = attach(cio.Config(state.stdin, state.stdout, state.stderr, state.terminal))
+        state, io = attached(self._client.tasks, self.id, "", attach)
         task = Task(self._client.tasks, self.id, io, state.pid)
         task.watch_stdin()
         return task

@@ -293,6 +293,17 @@ class TasksService:
 # Handles
 
 
+def attached(
+    tasks: TasksService, container_id: str, exec_id: str, attach: cio.Attach | None
+) -> tuple[ProcessState, cio.IO | None]:
+    """An existing process's state, and its stdio reattached to its FIFOs if ``attach``."""
+    state = tasks.get(container_id, exec_id)
+    io = None
+    if attach is not None:
+        io = attach(cio.Config(state.stdin, state.stdout, state.stderr, state.terminal))
+    return state, io
+
+
 class Process:
     """A process of a task: the init process (``exec_id`` empty) or an exec."""
 
@@ -469,10 +480,7 @@ class Task(Process):
 
     def load_process(self, exec_id: str, attach: cio.Attach | None = None) -> Process:
         """The handle of an existing exec (reattached to its FIFOs if ``attach``)."""
-        state = self._tasks.get(self.container_id, exec_id)
-        io = None
-        if attach is not None:
-            io = attach(cio.Config(state.stdin, state.stdout, state.stderr, state.terminal))
+        state, io = attached(self._tasks, self.container_id, exec_id, attach)
         process = Process(self._tasks, self.container_id, exec_id, io, state.pid)
         process.watch_stdin()
         return process
