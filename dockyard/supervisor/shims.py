@@ -43,15 +43,13 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from google.protobuf import any_pb2, empty_pb2
+from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError, Message
 
-from dockyard import unixtime
 from dockyard.api import topics
-from dockyard.api.convert import from_timestamp
+from dockyard.api.convert import now_timestamp
 from dockyard.api.events import task_pb2 as task_events
 from dockyard.api.runtime.task.v2 import shim_pb2
 from dockyard.api.types import mount_pb2
@@ -401,7 +399,16 @@ class Exit:
 
     pid: int
     status: int
-    exited_at: datetime | None
+    # the shim's Timestamp as it is: a datetime would drop its nanoseconds,
+    # and the task's Delete would then disagree with its Wait and Get
+    exited_at: timestamp_pb2.Timestamp | None
+
+
+def _exit(resp: shim_pb2.DeleteResponse) -> Exit:
+    """A shim's delete answer; no exit time when it gave none (a zero Timestamp)."""
+    ts = resp.exited_at
+    exited_at = None if ts.seconds == 0 and ts.nanos == 0 else ts
+    return Exit(int(resp.pid), int(resp.exit_status), exited_at)
 
 
 @dataclass
@@ -881,7 +888,7 @@ class ShimManager:
         self._remove(shim)
         if shim_error is not None or resp is None:
             raise shim_error or SystemFailure(f"delete task {cid}: no answer")
-        return Exit(int(resp.pid), int(resp.exit_status), from_timestamp(resp.exited_at))
+        return _exit(resp)
 
     def _shutdown(self, shim: Shim) -> None:
         """Ask the shim to exit, and give it the time to: its bundle (where it
@@ -964,15 +971,15 @@ class ShimManager:
                 CLEANUP_TIMEOUT,
             )
             resp = shim_pb2.DeleteResponse.FromString(out)
-            exit_ = Exit(int(resp.pid), int(resp.exit_status), from_timestamp(resp.exited_at))
+            exit_ = _exit(resp)
         except (DockyardError, DecodeError) as e:
             log.warning("clean up after shim of task %s/%s: %s", shim.namespace, shim.id, e)
-            exit_ = Exit(0, DEAD_SHIM_STATUS, unixtime.now())
+            exit_ = Exit(0, DEAD_SHIM_STATUS, now_timestamp())
         self._remove_bundle(shim, address)
         return exit_
 
     def _publish_exit(self, shim: Shim, exit_: Exit) -> None:
-        exited_at = exit_.exited_at or unixtime.now()
+        exited_at = exit_.exited_at if exit_.exited_at is not None else now_timestamp()
         events = self.sup.events
         events.publish(
             shim.namespace,

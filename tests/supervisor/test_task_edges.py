@@ -239,6 +239,8 @@ def test_delete_process_of_the_init_is_refused(shim: Runner) -> None:
 
     deleted = api.Delete(tasks_pb2.DeleteTaskRequest(container_id=cid), metadata=md, timeout=30)
     assert (deleted.pid, deleted.exit_status) == (init_pid, 137)
+    # the exit time the shim gave, to the nanosecond, as Wait had it
+    assert deleted.exited_at == waited.exited_at
     assert not shim.bundle(cid).exists()
     host.wait_for(lambda: not shim_pids(cid), 10, f"the shim of {cid} to exit")
     # no task any more: NOT_FOUND before the exec id is looked at

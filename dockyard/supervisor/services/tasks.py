@@ -24,7 +24,7 @@ import grpc
 from google.protobuf import any_pb2, empty_pb2
 
 from dockyard.api import typeurl
-from dockyard.api.convert import mount_to_proto, now_timestamp, to_timestamp
+from dockyard.api.convert import mount_to_proto, now_timestamp
 from dockyard.api.runc.options import oci_pb2
 from dockyard.api.runtime.task.v2 import shim_pb2
 from dockyard.api.services.tasks.v1 import tasks_pb2 as pb
@@ -144,7 +144,7 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
         exit_ = self.shims.delete(ns, c.id)
         resp = pb.DeleteResponse(pid=exit_.pid, exit_status=exit_.status)
         if exit_.exited_at is not None:  # else exited_at stays absent, not a zero Timestamp
-            resp.exited_at.CopyFrom(to_timestamp(exit_.exited_at))
+            resp.exited_at.CopyFrom(exit_.exited_at)
         return resp
 
     @rpc
