@@ -28,6 +28,7 @@ hangs up while we hold its connection is cleaned up the same way.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -652,9 +653,18 @@ class ShimManager:
             raise NotFound(f"task {cid}: not found")
         return shim
 
-    def has_task(self, ns: str, cid: str) -> bool:
+    @contextlib.contextmanager
+    def without_task(self, ns: str, cid: str) -> Iterator[None]:
+        """Run the body (a container's delete) while container ``cid`` has no task and
+        none can be created; FailedPrecondition if it has one. A ``create`` that
+        waited meanwhile finds the container gone (it checks after registering)."""
         with self._lock:
-            return (ns, cid) in self._shims or (ns, cid) in self._starting
+            if (ns, cid) in self._shims or (ns, cid) in self._starting:
+                raise FailedPrecondition(
+                    f"container {cid!r}: cannot delete a container with a task; "
+                    "delete the task first"
+                )
+            yield
 
     def tasks(self, ns: str | None = None) -> list[Shim]:
         with self._lock:
@@ -682,6 +692,9 @@ class ShimManager:
                 raise AlreadyExists(f"task {cid}: already exists")
             self._starting.add(key)
         try:
+            # Registered: a container delete now waits or refuses. One that came
+            # first, since the caller read the container, leaves nothing to run.
+            self.sup.metadata.get_container(ns, cid)
             binary = resolve_binary(opts.runtime)
             shim = self._start(ns, cid, binary, opts)
             try:

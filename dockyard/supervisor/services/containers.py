@@ -15,7 +15,7 @@ from dockyard.api.convert import to_timestamp
 from dockyard.api.events import container_pb2 as events
 from dockyard.api.services.containers.v1 import containers_pb2 as pb
 from dockyard.api.services.containers.v1 import containers_pb2_grpc
-from dockyard.errors import FailedPrecondition, InvalidArgument
+from dockyard.errors import InvalidArgument
 from dockyard.filters import map_field, matcher
 from dockyard.supervisor.grpcutil import namespace, rpc, typed_any
 from dockyard.supervisor.metadata import Container, Typed
@@ -162,12 +162,11 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
     ) -> empty_pb2.Empty:
         ns = namespace(context)
         tasks = self.sup.tasks
-        if tasks is not None and tasks.has_task(ns, request.id):
-            raise FailedPrecondition(
-                f"container {request.id!r}: cannot delete a container with a task; "
-                "delete the task first"
-            )
-        self.meta.delete_container(ns, request.id)
+        if tasks is None:
+            self.meta.delete_container(ns, request.id)
+        else:
+            with tasks.without_task(ns, request.id):
+                self.meta.delete_container(ns, request.id)
         self.sup.events.publish(ns, topics.CONTAINER_DELETE, events.ContainerDelete(id=request.id))
         self.sup.gc.schedule()
         return empty_pb2.Empty()
