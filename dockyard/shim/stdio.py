@@ -38,6 +38,9 @@ BUFSIZE = 32 * 1024
 # open forever), and never longer than DRAIN_LIMIT in all.
 IDLE_LIMIT = 2.0
 DRAIN_LIMIT = 30.0
+# How often a pty master with no slave open is read again until the process
+# exits (it may open its terminal again).
+REOPEN_RETRY = 0.1
 
 
 class Stdio:
@@ -141,9 +144,15 @@ class _Copier:
                 except BlockingIOError:
                     continue
                 except OSError as e:
-                    if e.errno == errno.EIO:  # a pty master once every slave is closed
+                    if e.errno != errno.EIO:
+                        raise
+                    # A pty master with no slave open. The process may open
+                    # its terminal again (a daemon reopening /dev/tty): only
+                    # its exit ends the copy, as containerd's epoll console.
+                    if self.owner.exited.is_set():
                         break
-                    raise
+                    self.owner.exited.wait(REOPEN_RETRY)
+                    continue
                 if not data:
                     break
                 self.owner.progress = time.monotonic()
@@ -185,6 +194,7 @@ class ProcessIO:
         self._child: list[int] = []  # the runtime's ends, closed once it started
         self._stdin_writer = -1  # our own writer on the stdin FIFO
         self.console = -1  # the pty master of a terminal
+        self.exited = threading.Event()  # the process has exited, or close()
         self._closed = False
 
     @property
@@ -308,8 +318,10 @@ class ProcessIO:
             _close(fd)
 
     def wait_output(self) -> bool:
-        """Wait until the output copies have reached EOF; give up once the output
-        has been idle for IDLE_LIMIT or DRAIN_LIMIT has passed. True if all done."""
+        """The process has exited: wait until the output copies have reached EOF;
+        give up once the output has been idle for IDLE_LIMIT or DRAIN_LIMIT has
+        passed. True if all done."""
+        self.exited.set()
         deadline = time.monotonic() + DRAIN_LIMIT
         for c in self._output:
             if c.thread.ident is None:
@@ -326,6 +338,7 @@ class ProcessIO:
             if self._closed:
                 return
             self._closed = True
+        self.exited.set()
         try:
             os.write(self._wake_w, b"x")
         except OSError:

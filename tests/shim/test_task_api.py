@@ -249,6 +249,30 @@ def test_exec_with_terminal(shim_env: ShimEnv, started: Started, bundle: Bundle)
         out.close()
 
 
+def test_terminal_output_after_the_process_reopens_its_tty(
+    shim_env: ShimEnv, started: Started, bundle: Bundle
+) -> None:
+    """A process that closes every fd of its terminal and opens /dev/tty again
+    (a daemon reopening its console): the master reads EIO in between, but
+    only the process's exit ends the copy, as containerd's epoll console."""
+    bundle.config["process"]["terminal"] = True
+    bundle.set_args(
+        "sh", "-c", "echo before; exec </dev/null >/dev/null 2>&1; sleep 0.5; echo after >/dev/tty"
+    ).write()
+    shim = started(bundle)
+    fifos = make_fifos(shim_env.base, "rout")
+    out = FifoReader(fifos["rout"])
+    try:
+        create(shim, shim_env, bundle, terminal=True, stdout=fifos["rout"])
+        shim.start_task()
+        assert shim.wait().exit_status == 0
+        text = out.drain()
+        assert "before\r\n" in text and "after\r\n" in text, text
+        shim.delete()
+    finally:
+        out.close()
+
+
 def test_close_io_ends_stdin(shim_env: ShimEnv, started: Started, bundle: Bundle) -> None:
     bundle.set_args("sh", "-c", "cat; echo end").write()
     shim = started(bundle)
