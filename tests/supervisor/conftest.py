@@ -22,6 +22,7 @@ import pytest
 
 from tests.compat import host
 from tests.images import ImageArchive, build_image_archive
+from tests.supervisor.taskutil import RUNC_SHIM, RUNTIMES, Runner, runner_for
 
 VENV_BIN = os.path.dirname(sys.executable)
 
@@ -210,3 +211,22 @@ def ns(supervisor: Supervisor) -> Iterator[str]:
     name = new_namespace()
     yield name
     empty_namespace(supervisor, name)
+
+
+# The task fixtures, on top of the shared supervisor (see taskutil.RUNTIMES).
+@pytest.fixture(params=RUNTIMES)
+def runner(supervisor: Supervisor, request: pytest.FixtureRequest) -> Iterator[Runner]:
+    """Each shim with each runtime."""
+    yield from runner_for(supervisor, request.param)
+
+
+@pytest.fixture(params=[RUNTIMES[0], RUNTIMES[2]])
+def shim(supervisor: Supervisor, request: pytest.FixtureRequest) -> Iterator[Runner]:
+    """Each shim with its usual runtime: for what the shim answers itself."""
+    yield from runner_for(supervisor, request.param)
+
+
+@pytest.fixture
+def runc(supervisor: Supervisor) -> Iterator[Runner]:
+    """The reference pair only: for what does not depend on the runtime."""
+    yield from runner_for(supervisor, (RUNC_SHIM, "runc"))

@@ -17,7 +17,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -31,7 +31,9 @@ from dockyard.api.services.events.v1 import events_pb2, events_pb2_grpc
 from dockyard.api.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from tests.compat import host
 from tests.conftest import base_config
-from tests.supervisor.conftest import Supervisor
+
+if TYPE_CHECKING:  # conftest imports this module for its fixtures
+    from tests.supervisor.conftest import Supervisor
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 RUNC_SHIM = "io.containerd.runc.v2"

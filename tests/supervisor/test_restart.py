@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import signal
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -28,28 +27,15 @@ from dockyard.ttrpc import Client
 from tests.compat import host
 from tests.supervisor.conftest import Supervisor
 from tests.supervisor.taskutil import (
-    RUNTIMES,
     EventLog,
     Runner,
     catches,
-    runner_for,
     shim_pids,
     wait_for_status,
 )
 
 # Exits with 3 on SIGTERM (as pid 1 it ignores signals it has no handler for).
 EXIT_3_ON_TERM = ["sh", "-c", "trap 'exit 3' TERM; while true; do sleep 0.1; done"]
-
-
-@pytest.fixture(params=RUNTIMES)
-def runner(supervisor: Supervisor, request: pytest.FixtureRequest) -> Iterator[Runner]:
-    yield from runner_for(supervisor, request.param)
-
-
-@pytest.fixture(params=[RUNTIMES[0], RUNTIMES[2]])
-def shim(supervisor: Supervisor, request: pytest.FixtureRequest) -> Iterator[Runner]:
-    """Each shim with its usual runtime: the shim's own behaviour is under test."""
-    yield from runner_for(supervisor, request.param)
 
 
 def task_pid(runner: Runner, cid: str) -> int:

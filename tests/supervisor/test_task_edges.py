@@ -9,8 +9,6 @@ supervisor's own doing, and must hold whatever the shim.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
 
@@ -23,24 +21,15 @@ from dockyard.api.services.events.v1 import events_pb2, events_pb2_grpc
 from dockyard.api.services.tasks.v1 import tasks_pb2
 from dockyard.api.types.task import task_pb2
 from tests.compat import host
-from tests.supervisor.conftest import Supervisor
 from tests.supervisor.taskutil import (
     DOCKYARD_SHIM,
-    RUNTIMES,
     EventLog,
     Runner,
     grpc_code,
-    runner_for,
     shim_pids,
 )
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
-
-
-@pytest.fixture(params=[RUNTIMES[0], RUNTIMES[2]])
-def shim(supervisor: Supervisor, request: pytest.FixtureRequest) -> Iterator[Runner]:
-    """Each shim with its usual runtime; the teardown removes every task and container."""
-    yield from runner_for(supervisor, request.param)
 
 
 def _exec(shim: Runner, cid: str, exec_id: str, *args: str) -> int:

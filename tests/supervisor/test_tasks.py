@@ -17,7 +17,7 @@ import signal
 import struct
 import subprocess
 import termios
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -44,33 +44,14 @@ from tests.supervisor.conftest import Supervisor
 from tests.supervisor.taskutil import (
     DOCKYARD_SHIM,
     RUNC_SHIM,
-    RUNTIMES,
     EventLog,
     Runner,
     catches,
     ensure_image,
     grpc_code,
-    runner_for,
     shim_pids,
     wait_for_status,
 )
-
-
-@pytest.fixture(params=RUNTIMES)
-def runner(supervisor: Supervisor, request: pytest.FixtureRequest) -> Iterator[Runner]:
-    yield from runner_for(supervisor, request.param)
-
-
-@pytest.fixture(params=[RUNTIMES[0], RUNTIMES[2]])
-def shim(supervisor: Supervisor, request: pytest.FixtureRequest) -> Iterator[Runner]:
-    """Each shim with its usual runtime: for what the shim answers itself."""
-    yield from runner_for(supervisor, request.param)
-
-
-@pytest.fixture
-def runc(supervisor: Supervisor) -> Iterator[Runner]:
-    """The reference pair only: for what does not depend on the runtime."""
-    yield from runner_for(supervisor, (RUNC_SHIM, "runc"))
 
 
 def test_run_rm_prints_the_output_and_passes_the_exit_code(runner: Runner) -> None:
