@@ -303,10 +303,15 @@ class ProcessIO:
         import struct
         import termios
 
-        try:
-            fcntl.ioctl(self.console, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
-        except OSError as e:
-            raise SystemFailure(f"resize console: {e.strerror}") from None
+        size = struct.pack("HHHH", height, width, 0, 0)
+        # Under the lock: close() may free the fd number meanwhile.
+        with self._lock:
+            if self.console < 0:
+                return
+            try:
+                fcntl.ioctl(self.console, termios.TIOCSWINSZ, size)
+            except OSError as e:
+                raise SystemFailure(f"resize console: {e.strerror}") from None
 
     # -- lifetime ---------------------------------------------------------
 
@@ -349,8 +354,10 @@ class ProcessIO:
             else:
                 self.release(c.src)
                 self.release(c.dst)
-        if self.console >= 0:
-            self.release(self.console)
+        with self._lock:
+            console, self.console = self.console, -1
+        if console >= 0:
+            self.release(console)
         for fd in self._child:
             _close(fd)
         self._child = []

@@ -273,6 +273,32 @@ def test_file_output_gets_both_streams(fifo_dir: Path) -> None:
     assert sorted(target.read_text().splitlines()) == ["a", "b"]
 
 
+def test_resize_after_close_touches_no_other_pty() -> None:
+    """close() frees the pty master's fd number: a resize after it (a Delete
+    whose runtime delete failed, or a ResizePty racing the Delete) must not
+    act on the fd that reuses the number."""
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = os.openpty()
+    os.close(slave)
+    io = ProcessIO(Stdio(terminal=True))
+    io.attach_console(master)
+    io.close()
+    other_master, other_slave = os.openpty()
+    if other_master != master:  # another pty's master gets the number
+        os.dup2(other_master, master)
+        os.close(other_master)
+    try:
+        io.resize(100, 50)
+        size = fcntl.ioctl(other_slave, termios.TIOCGWINSZ, bytes(8))
+        assert struct.unpack("HHHH", size)[:2] == (0, 0)
+    finally:
+        os.close(master)
+        os.close(other_slave)
+
+
 def test_bad_stdio_is_refused(fifo_dir: Path) -> None:
     with pytest.raises(Unsupported, match="binary://"):
         ProcessIO(Stdio("", "binary:///bin/logger")).open_pipes()
