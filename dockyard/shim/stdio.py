@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 
 BUFSIZE = 32 * 1024
 # After the process exits, its output is awaited while it keeps flowing: up
-# to IDLE_LIMIT seconds without a byte (a background process may hold the pipe
-# open forever), and never longer than DRAIN_LIMIT in all.
+# to IDLE_LIMIT seconds without a byte read or written (a background process
+# may hold the pipe open forever, a client stop reading), and never longer
+# than DRAIN_LIMIT in all.
 IDLE_LIMIT = 2.0
 DRAIN_LIMIT = 30.0
 # How often a pty master with no slave open is read again until the process
@@ -164,6 +165,8 @@ class _Copier:
                         n = os.write(self.dst, view)
                     except BlockingIOError:
                         continue
+                    # A slow client taking the bytes is progress too.
+                    self.owner.progress = time.monotonic()
                     view = view[n:]
         except OSError:
             pass  # the other side went away: nothing more can be copied

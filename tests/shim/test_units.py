@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,6 +245,51 @@ def test_pipes_copy_to_fifos_and_stdin_ends_on_close_io(fifo_dir: Path) -> None:
         io.close()
         os.close(out_r)
         os.close(err_r)
+
+
+def test_output_is_awaited_while_a_slow_client_takes_it(
+    fifo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Idle means no byte copied: bytes taken by a slow client are progress
+    too, though the copy reads nothing from the process meanwhile."""
+    import fcntl
+
+    from dockyard.shim import stdio
+
+    monkeypatch.setattr(stdio, "IDLE_LIMIT", 1.0)
+    path = str(fifo_dir / "slow")
+    os.mkfifo(path)
+    client = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    fcntl.fcntl(client, fcntl.F_SETPIPE_SZ, 4096)  # a page: each read frees room for one
+    data = os.urandom(40 * 1024)
+    got = bytearray()
+
+    def read_slowly() -> None:
+        # 4 KiB each 0.2 s: a 32 KiB chunk of the copy takes 1.6 s to go through.
+        while len(got) < len(data):
+            time.sleep(0.2)
+            try:
+                got.extend(os.read(client, 4096))
+            except BlockingIOError:
+                pass
+
+    io = ProcessIO(Stdio("", path))
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    try:
+        child = io.open_pipes()
+        assert child.stdout is not None
+        c_out = os.dup(child.stdout)
+        io.after_start()
+        reader.start()
+        os.write(c_out, data)  # fits the pipe's 64 KiB
+        os.close(c_out)
+        assert io.wait_output()
+        reader.join(10)
+        assert bytes(got) == data
+    finally:
+        io.close()
+        reader.join(10)
+        os.close(client)
 
 
 def _read_exactly(fd: int, n: int) -> bytes:
