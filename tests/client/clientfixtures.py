@@ -36,7 +36,7 @@ from dockyard.image.images import Image
 from tests.compat import host
 from tests.compat.daemons import private_containerd
 from tests.images import ImageArchive, build_image_archive
-from tests.supervisor.conftest import Supervisor, daemon_env
+from tests.supervisor.conftest import daemon_env, private_supervisor
 
 RUNC_SHIM = "io.containerd.runc.v2"
 DOCKYARD_SHIM = "io.containerd.dockyard.v2"
@@ -85,23 +85,16 @@ def _containerd(tmp: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 
 def _supervisor(tmp: pytest.TempPathFactory) -> Iterator[Daemon]:
-    # as tests/supervisor/conftest.py's fixture, with the teardown helpers of its Supervisor
-    host.need("ctr", "containerd-shim-runc-v2", "runc")
     base = tmp.mktemp("cl-sup")
-    created = host.CreatedDirs("/run/containerd", "/run/containerd/s")
-    sup = Supervisor(base, "cl-" + uuid.uuid4().hex[:8], build_image_archive(base / "busybox.tar"))
-    daemon = Daemon("supervisor", sup.address, base, sup.image, sup.log)
+    image = build_image_archive(tmp.mktemp("cl-img") / "busybox.tar")
+    namespaces: list[str] = []
     try:
-        sup.start()
-        yield daemon
-        sup.cleanup_namespaces()
+        with private_supervisor(base, "cl-" + uuid.uuid4().hex[:8], image) as sup:
+            yield Daemon("supervisor", sup.address, base, sup.image, sup.log, namespaces)
     finally:
-        sup.stop()
-        _remove_cgroups(daemon)
-        host.remove_cgroups(sup.namespace)
-        host.unmount_under(base)
-        created.cleanup()
-        host.remove_tree(base)
+        # the tests' namespaces' cgroups, once the supervisor and its shims are gone
+        for ns in namespaces:
+            host.remove_cgroups(ns)
 
 
 def _remove_cgroups(daemon: Daemon) -> None:

@@ -8,6 +8,7 @@ the supervisor's address as an argument), then cgroups, mounts and the dir.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -180,17 +181,15 @@ def busybox_archive(tmp_path_factory: pytest.TempPathFactory) -> ImageArchive:
     return build_image_archive(tmp_path_factory.mktemp("img") / "busybox.tar")
 
 
-@pytest.fixture(scope="module")
-def supervisor(
-    tmp_path_factory: pytest.TempPathFactory, busybox_archive: ImageArchive
-) -> Iterator[Supervisor]:
-    """A running supervisor for the module; tests use unique ids and clean up their own."""
+@contextlib.contextmanager
+def private_supervisor(base: Path, namespace: str, image: ImageArchive) -> Iterator[Supervisor]:
+    """A supervisor with every path under ``base``, running for the ``with`` body;
+    after it, its namespaces emptied, it and its shims stopped, and their cgroups,
+    mounts and directories removed (also when the body fails)."""
     host.need("ctr", "containerd-shim-runc-v2", "runc")
-    base = tmp_path_factory.mktemp("sup")
     # runc's shim puts its socket in a fixed place.
     created = host.CreatedDirs("/run/containerd", "/run/containerd/s")
-    namespace = "dy-" + uuid.uuid4().hex[:8]
-    daemon = Supervisor(base, namespace, busybox_archive)
+    daemon = Supervisor(base, namespace, image)
     try:
         daemon.start()
         yield daemon
@@ -201,6 +200,16 @@ def supervisor(
         host.unmount_under(base)
         created.cleanup()
         host.remove_tree(base)
+
+
+@pytest.fixture(scope="module")
+def supervisor(
+    tmp_path_factory: pytest.TempPathFactory, busybox_archive: ImageArchive
+) -> Iterator[Supervisor]:
+    """A running supervisor for the module; tests use unique ids and clean up their own."""
+    base = tmp_path_factory.mktemp("sup")
+    with private_supervisor(base, "dy-" + uuid.uuid4().hex[:8], busybox_archive) as daemon:
+        yield daemon
 
 
 @pytest.fixture
