@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -24,6 +25,9 @@ import pytest
 from tests.compat import host
 from tests.images import ImageArchive, build_image_archive
 from tests.supervisor.taskutil import RUNC_SHIM, RUNTIMES, Runner, runner_for
+
+if TYPE_CHECKING:  # imageside imports this module
+    from tests.supervisor.imageside import Stubs
 
 VENV_BIN = os.path.dirname(sys.executable)
 
@@ -239,3 +243,12 @@ def shim(supervisor: Supervisor, request: pytest.FixtureRequest) -> Iterator[Run
 def runc(supervisor: Supervisor) -> Iterator[Runner]:
     """The reference pair only: for what does not depend on the runtime."""
     yield from runner_for(supervisor, (RUNC_SHIM, "runc"))
+
+
+@pytest.fixture(scope="module")
+def stubs(supervisor: Supervisor) -> Iterator[Stubs]:
+    """A client stub of each image-side service, on one channel for the module."""
+    from tests.supervisor.imageside import Stubs
+
+    with supervisor.channel() as ch:
+        yield Stubs(ch)

@@ -35,6 +35,7 @@ from dockyard.api.services.content.v1 import content_pb2 as cpb
 from dockyard.api.services.diff.v1 import diff_pb2 as dpb
 from dockyard.api.services.snapshots.v1 import snapshots_pb2 as spb
 from dockyard.api.types import descriptor_pb2, mount_pb2
+from dockyard.spec.image import MediaType
 from tests.supervisor.conftest import Supervisor
 from tests.supervisor.imageside import (
     Stubs,
@@ -49,14 +50,6 @@ from tests.supervisor.imageside import (
 )
 
 Code = grpc.StatusCode
-OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
-OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-
-
-@pytest.fixture(scope="module")
-def stubs(supervisor: Supervisor) -> Iterator[Stubs]:
-    with supervisor.channel() as ch:
-        yield Stubs(ch)
 
 
 @pytest.fixture
@@ -199,7 +192,7 @@ def apply(
     digest: str,
     mounts: list[mount_pb2.Mount],
     *,
-    media_type: str = OCI_TAR,
+    media_type: str = MediaType.OCI_LAYER,
     size: int = 0,
     metadata: list[tuple[str, str]] | None = None,
 ) -> descriptor_pb2.Descriptor:
@@ -307,7 +300,7 @@ def test_apply_refusals(
     assert not Path(snaps.upper, "hello").exists(), "a refused apply wrote into the snapshot"
     # still serving: the same layer applies onto the same snapshot
     applied = apply(stubs, ns, dgst, snaps.top, size=len(data))
-    assert (applied.digest, applied.media_type) == (dgst, OCI_TAR)
+    assert (applied.digest, applied.media_type) == (dgst, MediaType.OCI_LAYER)
     assert Path(snaps.upper, "hello").read_bytes() == b"applied"
 
 
@@ -400,7 +393,7 @@ def test_diff_refusals(supervisor: Supervisor, stubs: Stubs, ns: str, snaps: Sna
     )
 
     # still serving: the change in top, as a layer
-    desc = diff(stubs, ns, snaps.top, left=base_view, media_type=OCI_TAR)
+    desc = diff(stubs, ns, snaps.top, left=base_view, media_type=MediaType.OCI_LAYER)
     with tarfile.open(fileobj=io.BytesIO(read_blob(stubs, ns, desc.digest))) as tf:
         names = tf.getnames()
     assert "changed" in names and "in-base" not in names, names
@@ -453,7 +446,7 @@ def test_overlay_paths_are_checked_as_the_kernel_reads_them(
     for match, m in cases:
         before = traces(supervisor)
         try:
-            desc = diff(stubs, ns, [m], media_type=OCI_TAR)
+            desc = diff(stubs, ns, [m], media_type=MediaType.OCI_LAYER)
         except grpc.RpcError as e:
             assert e.code() == Code.INVALID_ARGUMENT, f"{list(m.options)}: {e.details()}"
             assert re.search(match, e.details() or ""), f"{list(m.options)}: {e.details()}"

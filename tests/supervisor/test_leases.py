@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
 import grpc
-import pytest
 
 from dockyard.api.services.content.v1 import content_pb2 as cpb
 from dockyard.api.services.leases.v1 import leases_pb2 as lpb
@@ -25,12 +23,6 @@ from tests.supervisor.imageside import (
 )
 
 Code = grpc.StatusCode
-
-
-@pytest.fixture(scope="module")
-def stubs(supervisor: Supervisor) -> Iterator[Stubs]:
-    with supervisor.channel() as ch:
-        yield Stubs(ch)
 
 
 def create(stubs: Stubs, ns: str, lease_id: str = "", **labels: str) -> lpb.Lease:

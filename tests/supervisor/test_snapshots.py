@@ -26,6 +26,7 @@ from dockyard.api.services.events.v1 import events_pb2_grpc
 from dockyard.api.services.snapshots.v1 import snapshots_pb2 as spb
 from dockyard.api.services.snapshots.v1 import snapshots_pb2_grpc
 from dockyard.api.types import descriptor_pb2, mount_pb2
+from dockyard.spec.image import MediaType
 from dockyard.spec.mount import Mount, mount_all, unmount_all
 from tests.supervisor.conftest import Supervisor
 from tests.supervisor.imageside import (
@@ -40,14 +41,6 @@ from tests.supervisor.imageside import (
 )
 
 Code = grpc.StatusCode
-OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
-OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-
-
-@pytest.fixture(scope="module")
-def stubs(supervisor: Supervisor) -> Iterator[Stubs]:
-    with supervisor.channel() as ch:
-        yield Stubs(ch)
 
 
 @pytest.fixture
@@ -276,11 +269,13 @@ def test_apply_and_diff(
     snaps, diff, content = stubs.snapshots, stubs.diff, stubs.content
     base = layer({"etc/base": b"base file", "etc/gone": b"to be deleted"})
     write_blob(content, ns, base)
-    applied = apply(diff, ns, digest_of(base), len(base), OCI_TAR, prepare(snaps, ns, "l0"))
+    applied = apply(
+        diff, ns, digest_of(base), len(base), MediaType.OCI_LAYER, prepare(snaps, ns, "l0")
+    )
     assert (applied.digest, applied.size, applied.media_type) == (
         digest_of(base),
         len(base),
-        OCI_TAR,
+        MediaType.OCI_LAYER,
     )
     commit(snaps, ns, "L0", "l0")
 
@@ -289,7 +284,12 @@ def test_apply_and_diff(
     top_gz = gzip.compress(top)
     write_blob(content, ns, top_gz)
     applied = apply(
-        diff, ns, digest_of(top_gz), len(top_gz), OCI_GZIP, prepare(snaps, ns, "l1", "L0")
+        diff,
+        ns,
+        digest_of(top_gz),
+        len(top_gz),
+        MediaType.OCI_LAYER_GZIP,
+        prepare(snaps, ns, "l1", "L0"),
     )
     assert applied.digest == digest_of(top), "the uncompressed digest: the diff ID"
     commit(snaps, ns, "L1", "l1")
@@ -309,7 +309,7 @@ def test_apply_and_diff(
     )
     req = dpb.DiffRequest(left=lower.mounts, right=work, ref="my-diff", labels={"made": "here"})
     desc = diff.Diff(req, metadata=md(ns)).diff
-    assert desc.media_type == OCI_GZIP
+    assert desc.media_type == MediaType.OCI_LAYER_GZIP
     blob = b"".join(
         r.data for r in content.Read(cpb.ReadContentRequest(digest=desc.digest), metadata=md(ns))
     )
@@ -322,7 +322,9 @@ def test_apply_and_diff(
     assert labels["containerd.io/uncompressed"] == digest_of(gzip.decompress(blob))
 
     # and it applies like any layer
-    applied = apply(diff, ns, desc.digest, desc.size, OCI_GZIP, prepare(snaps, ns, "re", "L1"))
+    applied = apply(
+        diff, ns, desc.digest, desc.size, MediaType.OCI_LAYER_GZIP, prepare(snaps, ns, "re", "L1")
+    )
     assert applied.digest == labels["containerd.io/uncompressed"]
 
 
@@ -337,35 +339,35 @@ def test_bad_applies_leave_nothing_mounted(
     write_blob(content, ns, junk)
     mounts = prepare(snaps, ns, "target")  # a bind mount: applied through a temporary mount
     with fails(Code.INVALID_ARGUMENT, "tar"):
-        apply(diff, ns, digest_of(junk), len(junk), OCI_TAR, mounts)
+        apply(diff, ns, digest_of(junk), len(junk), MediaType.OCI_LAYER, mounts)
     with fails(Code.INVALID_ARGUMENT, "gzip"):
-        apply(diff, ns, digest_of(junk), len(junk), OCI_GZIP, mounts)
+        apply(diff, ns, digest_of(junk), len(junk), MediaType.OCI_LAYER_GZIP, mounts)
     assert mounts_of(supervisor) == []
 
     with fails(Code.INVALID_ARGUMENT, "media type"):
         apply(diff, ns, digest_of(junk), len(junk), "application/json", mounts)
     with fails(Code.NOT_FOUND):
-        apply(diff, ns, digest_of(b"absent"), 6, OCI_TAR, mounts)
+        apply(diff, ns, digest_of(b"absent"), 6, MediaType.OCI_LAYER, mounts)
     outside = [mount_pb2.Mount(type="bind", source=str(tmp_path), options=["rbind", "rw"])]
     with fails(Code.INVALID_ARGUMENT, "not in a snapshot"):
-        apply(diff, ns, digest_of(junk), len(junk), OCI_TAR, outside)
+        apply(diff, ns, digest_of(junk), len(junk), MediaType.OCI_LAYER, outside)
     escape = [
         mount_pb2.Mount(type="bind", source=mounts[0].source + "/../../../../..", options=["rbind"])
     ]
     with fails(Code.INVALID_ARGUMENT, "not in a snapshot"):
-        apply(diff, ns, digest_of(junk), len(junk), OCI_TAR, escape)
+        apply(diff, ns, digest_of(junk), len(junk), MediaType.OCI_LAYER, escape)
     with fails(Code.INVALID_ARGUMENT, "tmpfs"):
         apply(
             diff,
             ns,
             digest_of(junk),
             len(junk),
-            OCI_TAR,
+            MediaType.OCI_LAYER,
             [mount_pb2.Mount(type="tmpfs", source="tmpfs")],
         )
     odd = [mount_pb2.Mount(type="bind", source=mounts[0].source, options=["rbind", "x-evil=1"])]
     with fails(Code.INVALID_ARGUMENT, "x-evil"):
-        apply(diff, ns, digest_of(junk), len(junk), OCI_TAR, odd)
+        apply(diff, ns, digest_of(junk), len(junk), MediaType.OCI_LAYER, odd)
     with fails(Code.UNIMPLEMENTED, "media type"):
         diff.Diff(dpb.DiffRequest(right=mounts, media_type="application/x-rar"), metadata=md(ns))
     assert mounts_of(supervisor) == []
@@ -373,4 +375,6 @@ def test_bad_applies_leave_nothing_mounted(
     # still serving: a good layer applies onto the same snapshot
     good = layer({"ok": b"ok"})
     write_blob(content, ns, good)
-    assert apply(diff, ns, digest_of(good), len(good), OCI_TAR, mounts).digest == digest_of(good)
+    assert apply(
+        diff, ns, digest_of(good), len(good), MediaType.OCI_LAYER, mounts
+    ).digest == digest_of(good)
