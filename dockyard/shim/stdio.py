@@ -401,14 +401,22 @@ class ConsoleSocket:
         with conn:
             conn.settimeout(timeout)
             try:
-                _, fds, _, _ = socket.recv_fds(conn, 4096, 4)
+                # Close-on-exec as they arrive: a runtime command another
+                # thread spawns meanwhile must not inherit them. Not
+                # socket.recv_fds, which drops its flags (Python < 3.13).
+                _, ancillary, _, _ = conn.recvmsg(
+                    4096, socket.CMSG_SPACE(4 * 4), socket.MSG_CMSG_CLOEXEC
+                )
             except OSError as e:
                 raise SystemFailure(f"receive console master: {e}") from None
+        fds: list[int] = []
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds += memoryview(data[: len(data) - len(data) % 4]).cast("i").tolist()
         if not fds:
             raise SystemFailure("receive console master: the runtime sent no fd")
         for extra in fds[1:]:
             _close(extra)
-        os.set_inheritable(fds[0], False)
         return fds[0]
 
     def close(self) -> None:

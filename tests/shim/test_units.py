@@ -345,6 +345,39 @@ def test_resize_after_close_touches_no_other_pty() -> None:
         os.close(other_slave)
 
 
+def test_console_master_arrives_close_on_exec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pty master is close-on-exec from the moment it is received: a
+    runtime command another thread spawns meanwhile must not inherit it."""
+    import socket
+
+    from dockyard.shim.stdio import ConsoleSocket
+
+    inheritable: list[bool] = []
+    recvmsg = socket.socket.recvmsg
+
+    def spy(self: socket.socket, *args: Any) -> Any:
+        received = recvmsg(self, *args)
+        for level, kind, data in received[1]:
+            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+                fds = memoryview(data).cast("i").tolist()
+                inheritable.extend(os.get_inheritable(fd) for fd in fds)
+        return received
+
+    monkeypatch.setattr(socket.socket, "recvmsg", spy)
+    console = ConsoleSocket()
+    master, slave = os.openpty()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as runtime:
+            runtime.connect(console.path)
+            socket.send_fds(runtime, [b"m"], [master])
+        os.close(console.receive_master(timeout=10))
+        assert inheritable == [False]
+    finally:
+        console.close()
+        os.close(master)
+        os.close(slave)
+
+
 def test_bad_stdio_is_refused(fifo_dir: Path) -> None:
     with pytest.raises(Unsupported, match="binary://"):
         ProcessIO(Stdio("", "binary:///bin/logger")).open_pipes()
