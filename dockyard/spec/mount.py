@@ -167,21 +167,23 @@ def _lowerdirs(data: list[str]) -> tuple[list[str], list[str]]:
     rest: list[str] = []
     for opt in data:
         if opt.startswith("lowerdir="):
-            lowers.extend(_split_escaped(opt[len("lowerdir=") :]))
+            lowers.extend(unescape_overlay(opt[len("lowerdir=") :], ":"))
         else:
             rest.append(opt)
     return lowers, rest
 
 
-def _split_escaped(value: str) -> list[str]:
-    # overlay's lowerdir= separates with ':' and escapes a literal one as '\:'
+def unescape_overlay(value: str, sep: str = "") -> list[str]:
+    """An overlay path option's value as overlayfs reads it: a backslash keeps the
+    character after it, whatever it is, and goes; split at each other ``sep``
+    (lowerdir's ':'), empty parts dropped."""
     out: list[str] = []
     cur: list[str] = []
     it = iter(value)
     for ch in it:
         if ch == "\\":
             cur.append(next(it, ""))
-        elif ch == ":":
+        elif sep and ch == sep:
             out.append("".join(cur))
             cur = []
         else:

@@ -53,7 +53,7 @@ from dockyard.image.unpack import UNCOMPRESSED_LABEL
 from dockyard.runtime import libc
 from dockyard.runtime.rootfs import MOUNT_FLAGS
 from dockyard.spec.image import Descriptor, MediaType, layer_compression
-from dockyard.spec.mount import Mount, mount_all, unmount_all
+from dockyard.spec.mount import Mount, mount_all, unescape_overlay, unmount_all
 from dockyard.supervisor.content import NamespacedWriter, check_digest
 from dockyard.supervisor.grpcutil import namespace, rpc
 from dockyard.supervisor.services.leases import lease_of
@@ -74,36 +74,17 @@ _OVERLAY_VALUES = ("index", "redirect_dir", "metacopy", "xino", "nfs_export")
 _OVERLAY_FLAGS = ("userxattr", "volatile")
 
 
-def _unescaped(value: str, sep: str = "") -> list[str]:
-    """An overlay path option's value as overlayfs reads it: a backslash keeps the
-    character after it, whatever it is, and goes; split at each other ``sep``
-    (lowerdir's ':'), empty parts dropped."""
-    parts: list[str] = []
-    cur: list[str] = []
-    chars = iter(value)
-    for ch in chars:
-        if ch == "\\":
-            cur.append(next(chars, ""))
-        elif sep and ch == sep:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    parts.append("".join(cur))
-    return [p for p in parts if p]
-
-
 def _overlay_dirs(m: Mount) -> tuple[str, str, list[str]]:
     """The upper, work and lower directories of an overlay mount, as the kernel reads them."""
     upper = work = ""
     lowers: list[str] = []
     for opt in m.options:
         if opt.startswith("upperdir="):
-            upper = "".join(_unescaped(opt[len("upperdir=") :]))
+            upper = "".join(unescape_overlay(opt[len("upperdir=") :]))
         elif opt.startswith("workdir="):
-            work = "".join(_unescaped(opt[len("workdir=") :]))
+            work = "".join(unescape_overlay(opt[len("workdir=") :]))
         elif opt.startswith("lowerdir="):
-            lowers = _unescaped(opt[len("lowerdir=") :], ":")
+            lowers = unescape_overlay(opt[len("lowerdir=") :], ":")
     return upper, work, lowers
 
 
