@@ -64,12 +64,29 @@ def _output_path(uri: str, which: str) -> str:
     if scheme == "fifo":
         return rest
     if scheme == "file":
+        # What containerd's shim takes, Go's url.Parse(uri).Path: no query or
+        # fragment, percent-escapes decoded (url.URL.String() writes them).
+        rest = rest.partition("#")[0].partition("?")[0]
         if not rest.startswith("/"):
             raise InvalidArgument(f"{which} {uri!r}: a file:// URI needs an absolute path")
-        return rest
+        return _unescape(rest, uri, which)
     if scheme == "binary":
         raise Unsupported(f"{which} {uri!r}: binary:// logging is not supported by this shim")
     raise InvalidArgument(f"{which} {uri!r}: unknown stdio scheme {scheme!r}")
+
+
+def _unescape(path: str, uri: str, which: str) -> str:
+    if "%" not in path:
+        return path
+    first, *escaped = path.split("%")
+    out = bytearray(first.encode())
+    for part in escaped:
+        digits = part[:2]
+        if len(digits) != 2 or not all(c in "0123456789abcdefABCDEF" for c in digits):
+            raise InvalidArgument(f"{which} {uri!r}: invalid escape %{digits}")
+        out.append(int(digits, 16))
+        out += part[2:].encode()
+    return os.fsdecode(bytes(out))
 
 
 def _open_output(uri: str, which: str) -> int:

@@ -378,6 +378,26 @@ def test_console_master_arrives_close_on_exec(monkeypatch: pytest.MonkeyPatch) -
         os.close(slave)
 
 
+def test_file_uri_is_read_as_containerd_parses_it(fifo_dir: Path) -> None:
+    """A file:// URI as Go's url.URL.String() writes it (cio.LogURI, ctr's
+    --log-uri): percent-escapes decoded, a query or fragment no part of the path."""
+    target = fifo_dir / "my logs" / "100%" / "out.log"
+    io = ProcessIO(Stdio("", f"file://{fifo_dir}/my%20logs/100%25/out.log?x=1#f"))
+    try:
+        child = io.open_pipes()
+        assert child.stdout is not None
+        out = os.dup(child.stdout)
+        io.after_start()
+        os.write(out, b"a\n")
+        os.close(out)
+        assert io.wait_output()
+    finally:
+        io.close()
+    assert target.read_text() == "a\n"
+    with pytest.raises(InvalidArgument, match="escape"):
+        ProcessIO(Stdio("", f"file://{fifo_dir}/bad%2")).open_pipes()
+
+
 def test_bad_stdio_is_refused(fifo_dir: Path) -> None:
     with pytest.raises(Unsupported, match="binary://"):
         ProcessIO(Stdio("", "binary:///bin/logger")).open_pipes()
