@@ -264,19 +264,23 @@ class ProcessIO:
                     dst = opened[uri] = self._own(_open_output(uri, which))
                 r, w = os.pipe2(os.O_CLOEXEC)
                 self._child.append(w)
-                os.fchown(w, uid, gid)
-                setattr(child, which, w)
-                c = self._copy(which, r, dst)
+                c = self._copy(which, r, dst)  # from here close() closes r
                 self._copiers.append(c)
                 self._output.append(c)
+                os.fchown(w, uid, gid)
+                setattr(child, which, w)
             if self.stdio.stdin:
                 src, self._stdin_writer = _open_stdin(self.stdio.stdin)
-                r, w = os.pipe2(os.O_CLOEXEC)
+                try:
+                    r, w = os.pipe2(os.O_CLOEXEC)
+                except BaseException:
+                    _close(src)
+                    raise
                 self._child.append(r)
-                os.fchown(r, uid, gid)
-                child.stdin = r
                 # When the FIFO ends the copy closes w: the container's stdin ends.
                 self._copiers.append(self._copy("stdin", src, w))
+                os.fchown(r, uid, gid)
+                child.stdin = r
         except BaseException:
             for dst in opened.values():
                 self.release(dst)
@@ -308,8 +312,12 @@ class ProcessIO:
                 self._copiers.append(c)
             if self.stdio.stdin:
                 src, self._stdin_writer = _open_stdin(self.stdio.stdin)
-                # A second fd of the master to write to.
-                self._copiers.append(self._copy("console-in", src, os.dup(master)))
+                try:
+                    dst = os.dup(master)  # a second fd of the master to write to
+                except BaseException:
+                    _close(src)
+                    raise
+                self._copiers.append(self._copy("console-in", src, dst))
         except BaseException:
             self.close()
             raise

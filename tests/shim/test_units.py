@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -396,6 +397,54 @@ def test_file_uri_is_read_as_containerd_parses_it(fifo_dir: Path) -> None:
     assert target.read_text() == "a\n"
     with pytest.raises(InvalidArgument, match="escape"):
         ProcessIO(Stdio("", f"file://{fifo_dir}/bad%2")).open_pipes()
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize(
+    ("call", "failing"),
+    [("fchown", 1), ("fchown", 2), ("pipe2", 1), ("pipe2", 2), ("dup", 1)],
+)
+def test_stdio_that_fails_to_open_leaves_no_fd(
+    fifo_dir: Path, monkeypatch: pytest.MonkeyPatch, call: str, failing: int
+) -> None:
+    """Every fd opened before a failure (fchown to an unmapped io_uid, no fd
+    left for a pipe or a dup) is closed again."""
+    paths = {n: str(fifo_dir / n) for n in ("in", "out")}
+    for p in paths.values():
+        os.mkfifo(p)
+    client = os.open(paths["out"], os.O_RDONLY | os.O_NONBLOCK)
+    master, slave = os.openpty()
+    io = ProcessIO(Stdio(paths["in"], paths["out"], terminal=call == "dup"))
+    given = os.dup(master) if call == "dup" else -1  # what attach_console takes over
+    before = _open_fds() - {str(given)}
+    real = getattr(os, call)
+    calls = 0
+
+    def fail_once(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == failing:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real(*args)
+
+    monkeypatch.setattr(os, call, fail_once)
+    try:
+        with pytest.raises(OSError):
+            if call == "dup":
+                io.attach_console(given)
+            else:
+                io.open_pipes()
+        monkeypatch.undo()
+        left = _open_fds() - before
+        assert not left, [os.readlink(f"/proc/self/fd/{fd}") for fd in left]
+    finally:
+        monkeypatch.undo()
+        io.close()
+        for fd in (client, master, slave):
+            os.close(fd)
 
 
 def test_bad_stdio_is_refused(fifo_dir: Path) -> None:
