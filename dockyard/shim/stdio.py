@@ -34,9 +34,9 @@ if TYPE_CHECKING:
 
 BUFSIZE = 32 * 1024
 # After the process exits, its output is awaited while it keeps flowing: up
-# to IDLE_LIMIT seconds without a byte read or written (a background process
-# may hold the pipe open forever, a client stop reading), and never longer
-# than DRAIN_LIMIT in all.
+# to IDLE_LIMIT seconds from the exit or the last byte read or written,
+# whichever is later (a background process may hold the pipe open forever,
+# a client stop reading), and never longer than DRAIN_LIMIT in all.
 IDLE_LIMIT = 2.0
 DRAIN_LIMIT = 30.0
 # How often a pty master with no slave open is read again until the process
@@ -352,10 +352,14 @@ class ProcessIO:
 
     def wait_output(self) -> bool:
         """The process has exited: wait until the output copies have reached EOF;
-        give up once the output has been idle for IDLE_LIMIT or DRAIN_LIMIT has
-        passed. True if all done."""
+        give up once the output has been idle for IDLE_LIMIT since the exit or
+        DRAIN_LIMIT has passed. True if all done."""
         self.exited.set()
-        deadline = time.monotonic() + DRAIN_LIMIT
+        now = time.monotonic()
+        # Quiet before the exit is not idle: the copy may not have run yet
+        # since the process wrote its last bytes and exited.
+        self.progress = max(self.progress, now)
+        deadline = now + DRAIN_LIMIT
         for c in self._output:
             if c.thread.ident is None:
                 continue  # never started

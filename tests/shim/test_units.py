@@ -293,6 +293,41 @@ def test_output_is_awaited_while_a_slow_client_takes_it(
         os.close(client)
 
 
+def test_output_written_just_before_the_exit_is_awaited(
+    fifo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However long the process was quiet before it, its last bytes get
+    IDLE_LIMIT from the exit to come through: on a loaded host the copy may
+    run late (here each of its reads waits 0.3 s)."""
+    path = str(fifo_dir / "late")
+    os.mkfifo(path)
+    client = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    read = os.read
+
+    def late_read(fd: int, n: int) -> bytes:
+        if threading.current_thread().name == "stdout":
+            time.sleep(0.3)
+        return read(fd, n)
+
+    io = ProcessIO(Stdio("", path))
+    try:
+        child = io.open_pipes()
+        assert child.stdout is not None
+        c_out = os.dup(child.stdout)
+        monkeypatch.setattr(os, "read", late_read)
+        io.after_start()
+        io.progress -= 10  # the process printed nothing for 10 s
+        os.write(c_out, b"last words\n")
+        os.close(c_out)  # and exited
+        assert io.wait_output()
+        monkeypatch.undo()
+        assert os.read(client, 100) == b"last words\n"
+    finally:
+        monkeypatch.undo()
+        io.close()
+        os.close(client)
+
+
 def _read_exactly(fd: int, n: int) -> bytes:
     data = b""
     while len(data) < n:
