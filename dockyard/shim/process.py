@@ -199,9 +199,9 @@ class Init(Process):
 
     def create(self) -> None:
         """``runtime create``; the pid is known when this returns."""
-        child, console = self._open_io(self.io_uid, self.io_gid)
         created = False
         try:
+            child, console = self._open_io(self.io_uid, self.io_gid)
             try:
                 self.runtime.create(
                     self.id,

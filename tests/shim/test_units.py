@@ -773,3 +773,18 @@ def test_reaper_hands_each_exit_to_its_waiter_or_on_exit() -> None:
     )
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["True", "137", str(128 + 15), "0"]
+
+
+def test_init_whose_console_socket_fails_leaves_no_fd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A terminal's console socket that cannot be made (here: no $TMPDIR) fails
+    the create before the runtime runs, and the stdio opened for it is closed."""
+    rt = FakeRuntime()
+    p = Init("c1", str(tmp_path), Stdio(terminal=True), rt)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))
+    before = _open_fds()
+    with pytest.raises(OSError):
+        p.create()
+    assert _open_fds() == before
+    assert rt.calls == []
