@@ -30,9 +30,12 @@ def start(root: str, cid: str, s: st.ContainerState | None = None) -> None:
     try:
         # init is blocked opening the fifo for writing; our open released it.
         # Wait for its byte, but give up if init died meanwhile.
+        # poll, not select: the shim runs this in its thread, where fd numbers
+        # pass select's limit of 1024 once it holds enough containers' stdio.
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
         while True:
-            r, _, _ = select.select([fd], [], [], 0.05)
-            if r:
+            if poller.poll(50):
                 data = os.read(fd, 1)
                 if data:
                     break

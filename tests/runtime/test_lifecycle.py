@@ -621,3 +621,32 @@ def test_create_killed_half_way_can_be_deleted(bundle: Bundle, runtime: Runtime)
         what="the cgroup to go",
     )
     assert not [e for e in entries_under(runtime.root) if cid in e]
+
+
+def test_start_works_with_fd_numbers_past_1024(bundle: Bundle, runtime: Runtime) -> None:
+    """The shim calls ``start`` in its own thread, where fd numbers can pass 1024
+    (select's limit) once it holds many containers' stdio."""
+    if runtime.name != "dockyard-runtime":
+        pytest.skip("calls dockyard-runtime's start in this process")
+    import resource
+
+    from dockyard.runtime.start import start
+
+    cid = new_id()
+    create(runtime, sh(bundle, WAIT_FOR_GO), cid)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    try:
+        if soft < 1200:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 2048), hard))
+        while not held or held[-1] < 1100:
+            held.append(os.dup(0))
+        start(str(runtime.root), cid)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    up(bundle)
+    (bundle.rootfs / "go").touch()
+    wait_status(runtime, cid, "stopped")
+    runtime("delete", cid)
