@@ -66,7 +66,10 @@ def test_terminal_and_its_size(ns: Client, image: Image, shim: Shim, daemon: Dae
 def test_output_to_a_log_file(ns: Client, image: Image, shim: Shim, daemon: Daemon) -> None:
     cid = new_id()
     log = daemon.base / f"{cid}.log"
-    spec = spec_for(ns, image, cid, ["sh", "-c", "echo out; echo err >&2"])
+    # stderr first, and a pause before stdout: containerd's runc shim (1.6) hands
+    # the stdout copy the log file itself rather than its shared closer, so the
+    # file is closed when stdout ends, and a stderr line not copied by then is lost
+    spec = spec_for(ns, image, cid, ["sh", "-c", "echo err >&2; sleep 0.3; echo out"])
 
     def both_lines() -> bool:
         return log.exists() and sorted(log.read_text().splitlines()) == ["err", "out"]
