@@ -13,6 +13,10 @@ dir, imports the same busybox image into each, and measures:
                                   the supervisor's own cost, shim and runtime equal
             containerd+our-shim   containerd + containerd-shim-dockyard-v2 +
                                   dockyard-runtime: the shim's cost, supervisor equal
+            containerd+our-shim+template
+                                  the same with ``dockyard-shim-template`` beside a
+                                  second containerd (DOCKYARD_SHIM_TEMPLATE): our
+                                  shim forked, not started as an interpreter
           target: dockyard / containerd <= 1.0
   memory  RSS and PSS (``/proc/<pid>/smaps_rollup``) of each shim with N
           containers running (``ctr run -d ... sleep``): every process of the
@@ -45,6 +49,7 @@ import contextlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -129,6 +134,7 @@ class Daemon:
     namespace: str
     argv_extra: list[str] = field(default_factory=list)
     python_c: str = ""  # dockyard only: run this -c code instead of -m (the profile)
+    extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     ids: set[str] = field(default_factory=set)  # containers it was asked to make
     started_in: float = 0.0
@@ -178,6 +184,7 @@ class Daemon:
             # As the supervisor is run: our shim and runtime first.
             env["PATH"] = f"{VENV_BIN}:{path}"
         env["PYTHONPATH"] = str(REPO)
+        env.update(self.extra_env)
         return env
 
     def start(self) -> None:
@@ -432,6 +439,25 @@ def wait_blocking(proc: subprocess.Popen[bytes], timeout: float) -> float:
     finally:
         timer.cancel()
     return time.perf_counter()
+
+
+def start_template(socket_path: Path) -> subprocess.Popen[bytes]:
+    """``dockyard-shim-template`` serving ``socket_path``, as an operator runs it
+    beside containerd; returned once it serves."""
+    socket_path.parent.mkdir(mode=0o700)
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "dockyard-shim-template"), "--socket", str(socket_path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 30)
+    if not ready or proc.stdout.readline() != b"ready\n":
+        stop_process(proc, timeout=5)
+        raise StepFailed("dockyard-shim-template did not start")
+    proc.stdout.close()
+    return proc
 
 
 class Bench:
@@ -1184,7 +1210,8 @@ def print_tables(res: dict[str, Any], lines: list[Line], mem_lines: list[Line]) 
     ref = res["run"].get("containerd", {}).get("median_ms")
     if res["run"]:
         print(f"\nctr run --rm busybox true: median wall time over {res['runs']} runs (ms)")
-        print(f"{'line':<22}{'median':>9}{'min':>9}{'max':>9}{'/containerd':>13}  stack")
+        w = max(22, *(len(line.key) + 2 for line in lines))
+        print(f"{'line':<{w}}{'median':>9}{'min':>9}{'max':>9}{'/containerd':>13}  stack")
         print("-" * 100)
         for line in lines:
             r = res["run"][line.key]
@@ -1192,7 +1219,7 @@ def print_tables(res: dict[str, Any], lines: list[Line], mem_lines: list[Line]) 
             ts = r["times_ms"]
             ratio = f"{m / ref:.2f}x" if m and ref else "-"
             cells = f"{m:>9.1f}{min(ts):>9.1f}{max(ts):>9.1f}" if m else f"{'FAILED':>9}{'':>18}"
-            print(f"{line.key:<22}{cells}{ratio:>13}  {line.what}")
+            print(f"{line.key:<{w}}{cells}{ratio:>13}  {line.what}")
     if res["memory"]:
         n = res["containers"]
         print(f"\nshim memory with {n} containers running (ctr run -d ... sleep), per container")
@@ -1298,6 +1325,14 @@ def main(argv: list[str] | None = None) -> int:
     created = CreatedDirs(*HOST_DIRS)
     ctd = Daemon("containerd", base / "containerd", f"bench-c-{tag}")
     sup = Daemon("dockyard", base / "dockyard", f"bench-d-{tag}")
+    template_socket = base / "shim-template" / "t.sock"
+    ctd_tpl = Daemon(
+        "containerd",
+        base / "containerd-tpl",
+        f"bench-t-{tag}",
+        extra_env={"DOCKYARD_SHIM_TEMPLATE": str(template_socket)},
+    )
+    template: subprocess.Popen[bytes] | None = None
     lines = [
         Line("dockyard", sup, DOCKYARD_SHIM,
              "dockyard-supervisor + containerd-shim-dockyard-v2 + dockyard-runtime"),
@@ -1306,6 +1341,9 @@ def main(argv: list[str] | None = None) -> int:
              "dockyard-supervisor + containerd-shim-runc-v2 + runc"),
         Line("containerd+our-shim", ctd, DOCKYARD_SHIM,
              "containerd + containerd-shim-dockyard-v2 + dockyard-runtime"),
+        Line("containerd+our-shim+template", ctd_tpl, DOCKYARD_SHIM,
+             "containerd + containerd-shim-dockyard-v2 (forked by dockyard-shim-template)"
+             " + dockyard-runtime"),
     ]  # fmt: skip
     mem_lines = [
         Line("dockyard", sup, DOCKYARD_SHIM, "containerd-shim-dockyard-v2 (dockyard-supervisor)"),
@@ -1321,6 +1359,15 @@ def main(argv: list[str] | None = None) -> int:
                 d.start()
                 d.import_image(archive.path)
                 log(f"{d.label} serving after {d.started_in:.2f}s; image imported")
+            if "run" in do:
+
+                def start_templated(line: Line) -> None:
+                    nonlocal template
+                    template = start_template(template_socket)
+                    ctd_tpl.start()
+                    ctd_tpl.import_image(archive.path)
+
+                guarded(lines[-1], start_templated)
             if "idle" in do:
                 time.sleep(SETTLE)
                 idle["after start + import"] = {d.label: daemon_usage(d) for d in (sup, ctd)}
@@ -1352,10 +1399,14 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted: cleaning up")
         raise
     finally:
-        for d in (sup, ctd):
+        for d in (sup, ctd, ctd_tpl):
+            if d.proc is None:
+                continue
             d.remove_all()
             d.stop()
             d.remove_leftovers()
+        if template is not None:
+            stop_process(template, timeout=15)
         for pid in pids_mentioning(f"{base}/"):
             stop_pid(pid, timeout=5)
         try:

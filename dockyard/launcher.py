@@ -18,6 +18,7 @@ import sysconfig
 ENTRY_POINTS = {
     "dockyard-runtime": "dockyard.runtime.cli",
     "containerd-shim-dockyard-v2": "dockyard.shim.main",
+    "dockyard-shim-template": "dockyard.shim.template",
 }
 
 TEMPLATE = """#!{python} -IS

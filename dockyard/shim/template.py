@@ -913,19 +913,21 @@ class Template:
         self.stop()
 
 
-USAGE = (
-    "usage: python -m dockyard.shim.template --socket PATH [--shim SHIM_BINARY]"
-    " [--die-with-parent]\n"
-)
+USAGE = "usage: dockyard-shim-template --socket PATH [--shim SHIM_BINARY] [--die-with-parent]\n"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``dockyard-shim-template``: serve the shims of whoever runs our shim binary
+    with ``DOCKYARD_SHIM_TEMPLATE`` set to the socket (a supervisor starts its
+    own; under containerd, give containerd that variable). Ends on SIGTERM."""
     args = sys.argv[1:] if argv is None else argv
     opts: dict[str, str] = {}
+    padded = False
     i = 0
     while i < len(args):
         name = args[i]
         if not name.strip():
+            padded = True
             i += 1  # room for the shims' command lines (see Template.argv)
             continue
         if name == "--die-with-parent":
@@ -940,6 +942,15 @@ def main(argv: list[str] | None = None) -> int:
     if "--socket" not in opts:
         sys.stderr.write(USAGE)
         return 2
+    if not padded and argv is None:
+        # Started as a command: again, as a supervisor starts it, with room on
+        # the command line for each shim's own (written over this one).
+        again = Template(
+            opts["--socket"],
+            shim_binary=opts.get("--shim", ""),
+            die_with_parent="--die-with-parent" in opts,
+        ).argv()
+        os.execv(again[0], again)
     from dockyard.errors import DockyardError
 
     try:

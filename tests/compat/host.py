@@ -112,6 +112,12 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def ppid(pid: int) -> int:
+    """The parent of ``pid``."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     """SIGTERM a child we started, then SIGKILL if it has not exited in time."""
     if proc.poll() is None:

@@ -215,3 +215,71 @@ def test_task_outlives_a_containerd_restart(runner: Runner, containerd: Containe
     host.wait_for(lambda: containerd.tasks().get(cid) == "STOPPED", 30, f"task {cid} to stop")
     containerd.ctr("task", "delete", cid)
     containerd.ctr("container", "delete", cid)
+
+
+# -- with a shim template beside containerd ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def templated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Containerd, int]]:
+    """A containerd whose environment names a ``dockyard-shim-template`` (started
+    as an operator would, from its launcher): (the daemon, the template's pid)."""
+    shim_binary()
+    base = tmp_path_factory.mktemp("ctrd-tpl")
+    sock_dir = base / "template"
+    sock_dir.mkdir(mode=0o700)
+    socket_path = str(sock_dir / "t.sock")
+    template = subprocess.Popen(
+        [str(BIN_DIR / "dockyard-shim-template"), "--socket", socket_path],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    created = host.CreatedDirs("/run/dockyard", DOCKYARD_STATE)
+    try:
+        assert template.stdout is not None
+        assert template.stdout.readline() == b"ready\n", "the template did not start"
+        env = dict(
+            os.environ,
+            PATH=f"{BIN_DIR}:{os.environ.get('PATH', '')}",
+            DOCKYARD_SHIM_TEMPLATE=socket_path,
+        )
+        with private_containerd(base / "ctrd", env=env) as daemon:
+            try:
+                yield daemon, template.pid
+            finally:
+                try:
+                    os.rmdir(os.path.join(DOCKYARD_STATE, daemon.namespace))
+                except OSError:
+                    pass
+    finally:
+        host.stop_process(template)
+        created.cleanup()
+
+
+def test_under_containerd_shims_are_forked_from_a_template(
+    templated: tuple[Containerd, int],
+) -> None:
+    """``DOCKYARD_SHIM_TEMPLATE`` in containerd's environment: our binary's
+    ``start`` has the template fork the long-running shim (no interpreter
+    start, no imports), which shows its own command line."""
+    daemon, template_pid = templated
+    runner = Runner(daemon, "dockyard-runtime")
+    try:
+        p = runner.run("--rm", cid=runner.new_id(), args=["echo", "hello"])
+        assert (p.returncode, p.stdout) == (0, "hello\n"), p.stderr
+        cid = runner.new_id()
+        p = runner.run("--detach", cid=cid, args=["sleep", "1000"])
+        assert p.returncode == 0, p.stderr
+        init = int(daemon.ctr("task", "ls").stdout.split(cid)[1].split()[0])
+        shim = host.ppid(init)
+        assert host.ppid(shim) == template_pid, "the shim is the template's child"
+        cmdline = Path(f"/proc/{shim}/cmdline").read_bytes().split(b"\0")
+        assert b"-id" in cmdline and cid.encode() in cmdline, cmdline
+        p = runner.exec(cid, "x", "echo", "hi")
+        assert (p.returncode, p.stdout) == (0, "hi\n"), p.stderr
+    finally:
+        for cid in runner.ids:
+            daemon.remove(cid)
+    for cid in runner.ids:
+        assert not host.pids_mentioning(f"-id {cid} "), f"shim of {cid} still runs"

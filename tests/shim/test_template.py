@@ -26,16 +26,12 @@ from dockyard.api.types.task import task_pb2 as task_types
 from dockyard.shim import template as tpl
 from dockyard.shim.template import Template, TemplateError, fork_shim
 from tests.compat import host
+from tests.compat.host import ppid
 from tests.conftest import Bundle
 from tests.shim.conftest import ShimEnv
 from tests.shim.harness import ShimUnderTest, rmtree, runc_options, shim_binary, short_dir
 
 Started = Callable[..., ShimUnderTest]
-
-
-def ppid(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
 def session(pid: int) -> int:
