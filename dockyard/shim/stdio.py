@@ -331,7 +331,8 @@ class ProcessIO:
         import struct
         import termios
 
-        size = struct.pack("HHHH", height, width, 0, 0)
+        # uint32 on the wire, 16 bits in a winsize: cut as containerd's uint16() does
+        size = struct.pack("HHHH", height & 0xFFFF, width & 0xFFFF, 0, 0)
         # Under the lock: close() may free the fd number meanwhile.
         with self._lock:
             if self.console < 0:

@@ -788,3 +788,22 @@ def test_init_whose_console_socket_fails_leaves_no_fd(
         p.create()
     assert _open_fds() == before
     assert rt.calls == []
+
+
+def test_resize_takes_sizes_past_16_bits_as_containerd_does() -> None:
+    """The request's sizes are uint32, a winsize's 16 bits: cut, as Go's uint16()."""
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = os.openpty()
+    io = ProcessIO(Stdio(terminal=True))
+    try:
+        io.attach_console(os.dup(master))
+        io.resize(65536 + 100, 65536 * 3 + 40)
+        rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(slave, termios.TIOCGWINSZ, b"\0" * 8))
+        assert (cols, rows) == (100, 40)
+    finally:
+        io.close()
+        os.close(master)
+        os.close(slave)
