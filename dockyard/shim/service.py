@@ -38,7 +38,7 @@ from dockyard.shim import messages as m
 from dockyard.shim import options as shim_options
 from dockyard.shim.container import Container
 from dockyard.shim.messages import timestamp
-from dockyard.shim.process import Exec, Init, Process
+from dockyard.shim.process import STOPPED, Exec, Init, Process
 from dockyard.shim.stdio import Stdio
 
 TYPE_CHECKING = False
@@ -121,6 +121,10 @@ class TaskService:
     def _publish(self, topic: str, event: Message) -> None:
         self.publisher.publish(topic, event)
 
+    def _serves(self, c: Container) -> bool:
+        with self._lock:
+            return self._containers.get(c.id) is c
+
     def _container(self, id: str) -> Container:
         with self._lock:
             c = self._containers.get(id)
@@ -186,6 +190,8 @@ class TaskService:
                     exited_at=timestamp(e.timestamp_ns),
                 ),
             )
+        if p is not c.init and not self._serves(c):
+            p.release_io()  # an exec that outlived its container's delete: nobody will
 
     # -- the task API --------------------------------------------------------
 
@@ -314,6 +320,12 @@ class TaskService:
             else:
                 self._containers.pop(c.id, None)
         if isinstance(p, Init):
+            # The container is gone, and with it any way to delete its execs:
+            # those that exited give back their stdio now (a shim serving a
+            # sandbox lives on), the others once they exit (_finish_exit).
+            for ex in c.execs():
+                if ex.status() == STOPPED:
+                    ex.release_io()
             if self._oom is not None:
                 self._oom.remove(c.id)
             self._publish(

@@ -21,6 +21,7 @@ from dockyard.api.runc.options import oci_pb2
 from dockyard.api.runtime.task.v2 import shim_pb2 as api
 from dockyard.api.types.task import task_pb2 as task_types
 from dockyard.ttrpc import Error, codes
+from tests.compat import host
 from tests.conftest import Bundle
 from tests.shim.conftest import ShimEnv
 from tests.shim.harness import FifoReader, ShimUnderTest, make_fifos, runc_options
@@ -569,3 +570,35 @@ def test_oom_kill_is_published(shim_env: ShimEnv, started: Started, bundle: Bund
     shim.delete()
     topics = [t for t, _ in shim_env.sink.events(shim.id)]
     assert topics.count("/tasks/oom") >= 1
+
+
+def _pipes(pid: int) -> set[str]:
+    links = (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+    return {link for link in links if link.startswith("pipe:")}
+
+
+def test_deleting_the_init_releases_its_execs_stdio(
+    shim_env: ShimEnv, started: Started, bundle: Bundle
+) -> None:
+    """Execs nobody deleted give back their stdio when their container's init is
+    deleted: a shim that serves a sandbox outlives the container."""
+    bundle.set_args("sleep", "1000").write()
+    shim = started(bundle)
+    create(shim, shim_env, bundle)
+    shim.start_task()
+    before_exec = _pipes(shim.pid)
+    fifos = make_fifos(shim_env.base, "eout")
+    out = FifoReader(fifos["eout"])
+    try:
+        shim.exec("e1", exec_spec(bundle, "echo", "done"), stdout=fifos["eout"])
+        shim.start_task("e1")
+        assert shim.wait("e1").exit_status == 0
+        assert out.drain() == "done\n"
+        held = _pipes(shim.pid) - before_exec
+        assert held, "the exec's stdio is held while it can be deleted"
+        shim.kill(signal.SIGKILL)
+        shim.wait()
+        shim.delete()
+        host.wait_for(lambda: not held & _pipes(shim.pid), 10, "the exec's stdio released")
+    finally:
+        out.close()
