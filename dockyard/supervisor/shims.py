@@ -435,6 +435,11 @@ class Shim:
         # Set once the task is deleted on purpose or cleaned up: the
         # connection ending after that is expected, not a dead shim.
         self.gone = threading.Event()
+        # Whether it was marked gone because it died (its cleanup runs, the
+        # binary's delete first), and set once that cleanup is done: whoever
+        # else finds it dead waits for that one cleanup.
+        self.dead = False
+        self.cleaned = threading.Event()
         self._lock = threading.Lock()
         self._waits: dict[str, _Wait] = {}
 
@@ -721,6 +726,7 @@ class ShimManager:
                 if not shim.gone.is_set():
                     self._shims[key] = shim
             if shim.gone.is_set():
+                shim.cleaned.wait(CLEANUP_TIMEOUT + SHUTDOWN_TIMEOUT)
                 raise SystemFailure(f"create task {cid}: the shim exited")
             return shim, int(resp.pid)
         finally:
@@ -749,9 +755,16 @@ class ShimManager:
             raise
 
     def _discard(self, shim: Shim) -> None:
-        """Undo a create that failed half-way: the task, the shim, the bundle."""
-        shim.gone.set()
-        if shim.client is not None and not shim.client.closed:
+        """Undo a create that failed half-way: the task, the shim, the bundle.
+
+        A shim that died on the way (its connection closed) may have had the
+        runtime make the container: it is cleaned up as any dead shim is, by
+        the binary's delete, once, here or by its connection's close (then
+        waited for), so that nothing is left when the create returns."""
+        if not self._claim(shim):
+            return
+        died = shim.client is not None and shim.client.closed
+        if shim.client is not None and not died:
             try:
                 shim.call(
                     "Delete",
@@ -759,12 +772,21 @@ class ShimManager:
                     shim_pb2.DeleteResponse,
                     timeout=CLEANUP_TIMEOUT,
                 )
+            except ConnectionClosed:
+                died = True
             except Error as e:
                 log.debug("delete half-created task %s: %s", shim.id, e)
-            self._shutdown(shim)
+            if not died:
+                self._shutdown(shim)
+        if died:
+            shim.dead = True
+            self._clean_up_dead(shim)
+            return
+        # the socket of a shim that died before it was reached
+        address = read_address(shim.bundle.path).strip()
         shim.close()
         self._close_log(shim)
-        self._remove_bundle(shim)
+        self._remove_bundle(shim, address)
 
     def _remove_bundle(self, shim: Shim, address: str = "") -> None:
         """Remove the task's bundle, then the socket at ``address`` if nobody
@@ -957,19 +979,33 @@ class ShimManager:
             target=self._cleanup_after_dead_shim, args=(shim,), name="shim-cleanup", daemon=True
         ).start()
 
+    def _claim(self, shim: Shim, dead: bool = False) -> bool:
+        """Mark ``shim`` gone, as the one to clean up after it; False if it was
+        already (deleted, or its cleanup as a dead shim, which is waited for)."""
+        with self._lock:
+            claimed = not shim.gone.is_set()
+            if claimed:
+                shim.gone.set()
+                shim.dead = dead
+        if not claimed and shim.dead:
+            shim.cleaned.wait(CLEANUP_TIMEOUT + SHUTDOWN_TIMEOUT)
+        return claimed
+
     def _cleanup_after_dead_shim(self, shim: Shim) -> None:
         """containerd's cleanupAfterDeadShim: the binary's delete, then the exit events."""
-        with self._lock:
-            if shim.gone.is_set():
-                return
-            shim.gone.set()
-        log.warning("cleaning up after shim of task %s/%s", shim.namespace, shim.id)
-        exit_ = self._binary_delete(shim)
-        shim.close()
-        self._close_log(shim)
-        if not self._remove(shim):
-            return  # never listed, or deleted meanwhile: nobody waits for events
-        self._publish_exit(shim, exit_)
+        if self._claim(shim, dead=True):
+            self._clean_up_dead(shim)
+
+    def _clean_up_dead(self, shim: Shim) -> None:
+        try:
+            log.warning("cleaning up after shim of task %s/%s", shim.namespace, shim.id)
+            exit_ = self._binary_delete(shim)
+            shim.close()
+            self._close_log(shim)
+            if self._remove(shim):  # else never listed, or deleted meanwhile
+                self._publish_exit(shim, exit_)
+        finally:
+            shim.cleaned.set()
 
     def _binary_delete(self, shim: Shim) -> Exit:
         """``<shim> -id <id> -bundle <bundle> delete``, then remove the bundle and
