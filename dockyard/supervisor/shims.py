@@ -902,8 +902,16 @@ class ShimManager:
         resp = None
         try:
             resp = shim.call("Delete", shim_pb2.DeleteRequest(id=cid), shim_pb2.DeleteResponse)
-        except ConnectionClosed as e:
-            shim_error = e
+        except ConnectionClosed:
+            if self._closing:
+                raise  # closed by us, stopping: the next start loads the shim
+            # The shim died: containerd leaves its task to the cleanup after
+            # a dead shim, which publishes the exit. That cleanup, once: run
+            # here, or waited for if the connection's close started it.
+            self._cleanup_after_dead_shim(shim)
+            if not shim.dead:
+                raise NotFound(f"task {cid}: deleted meanwhile") from None
+            raise
         except Error as e:
             if e.code != codes.NOT_FOUND:
                 raise

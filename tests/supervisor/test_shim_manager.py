@@ -23,8 +23,9 @@ from google.protobuf import empty_pb2
 
 from dockyard.api.runtime.task.v2 import shim_pb2
 from dockyard.errors import FailedPrecondition, NotFound
-from dockyard.supervisor.shims import TASK_SERVICE, CreateOptions, Shim, ShimManager
+from dockyard.supervisor.shims import TASK_SERVICE, CreateOptions, Exit, Shim, ShimManager
 from dockyard.ttrpc import Error, Server, codes
+from tests.compat import host
 
 
 class Records:
@@ -63,7 +64,8 @@ def manager(tmp_path: Path) -> Iterator[tuple[ShimManager, Records]]:
     sup = SimpleNamespace(config=config, metadata=records, events=Events())
     m = ShimManager(sup)  # type: ignore[arg-type]
     yield m, records
-    m.close()
+    if not m._closing:  # a test may have stopped it
+        m.close()
 
 
 def _no_start(*args: object) -> None:
@@ -219,12 +221,14 @@ def _published(m: ShimManager) -> list[tuple[str, str, Any]]:
     return published
 
 
-def _hold(m: ShimManager, name: str, gate: threading.Event) -> None:
-    """Make the manager's method ``name`` wait for ``gate`` before running."""
+def _hold(m: ShimManager, name: str, gate: threading.Event, thread: str = "") -> None:
+    """Make the manager's method ``name`` wait for ``gate`` before running (only in
+    the thread named ``thread`` if given)."""
     original = getattr(m, name)
 
     def held(*args: Any) -> Any:
-        gate.wait(10)
+        if not thread or threading.current_thread().name == thread:
+            gate.wait(10)
         return original(*args)
 
     setattr(m, name, held)
@@ -266,3 +270,130 @@ def test_a_shim_that_dies_before_answering_create_leaves_nothing(
     time.sleep(0.3)  # a late cleanup would publish now
     assert _published(m) == []
     assert fake_shim.runs() == ["start", "delete"]
+
+
+def _die(shim: FakeShim) -> Callable[[Any], Any]:
+    def die(req: Any) -> Any:
+        shim.die()
+        time.sleep(5)  # never answers
+        return empty_pb2.Empty()
+
+    return die
+
+
+@pytest.mark.parametrize("first", ["delete", "disconnect"])
+def test_a_shim_that_dies_during_delete_is_cleaned_up_and_its_exit_published_once(
+    manager: tuple[ShimManager, Records], fake_shim: FakeShim, first: str
+) -> None:
+    """containerd leaves a task whose shim's Delete found the connection closed to
+    the cleanup after the dead shim, which publishes its exit: here too, whichever
+    of the delete and the connection's close comes first, and the delete fails
+    (UNAVAILABLE) once the task, its bundle and socket are gone."""
+    m, _ = manager
+    shim, _ = _create(m, fake_shim)
+    gate = threading.Event()
+    if first == "delete":
+        # only the one the connection's close starts
+        _hold(m, "_cleanup_after_dead_shim", gate, thread="shim-cleanup")
+    else:
+        cleanup, call = m._cleanup_after_dead_shim, shim.call
+
+        def cleanup_then_release(shim: Shim) -> None:
+            gate.set()
+            cleanup(shim)
+
+        def call_then_wait(*args: Any, **kw: Any) -> Any:
+            try:
+                return call(*args, **kw)
+            finally:
+                gate.wait(10)
+
+        m._cleanup_after_dead_shim = cleanup_then_release  # type: ignore[method-assign]
+        shim.call = call_then_wait  # type: ignore[method-assign]
+    fake_shim.handlers["Delete"] = _die(fake_shim)
+    with pytest.raises(Error) as failed:
+        m.delete("ns", "c1")
+    gate.set()
+    assert failed.value.code == codes.UNAVAILABLE
+    assert _leftovers(m, fake_shim) == []
+    time.sleep(0.3)  # a late cleanup would publish now
+    published = [(topic, e.pid, e.exit_status) for _, topic, e in _published(m)]
+    assert published == [("/tasks/exit", 42, 7), ("/tasks/delete", 42, 7)]
+    assert fake_shim.runs() == ["start", "delete"]
+
+
+def test_two_deletes_at_once_one_returns_the_exit_the_other_not_found(
+    manager: tuple[ShimManager, Records], fake_shim: FakeShim
+) -> None:
+    """The second Delete is still with the shim when the first shuts it down: the
+    task was deleted, not lost with a dead shim (no cleanup, no events)."""
+    m, _ = manager
+    _create(m, fake_shim)
+    both = threading.Barrier(2, timeout=10)
+    first = threading.Lock()
+
+    def delete(req: Any) -> Any:
+        both.wait()
+        if first.acquire(blocking=False):
+            return DELETED
+        host.wait_for(lambda: "Shutdown" in fake_shim.calls, 10, "the first delete's shutdown")
+        fake_shim.die()  # the shim exits once shut down, this call unanswered
+        time.sleep(5)
+        return DELETED
+
+    fake_shim.handlers["Delete"] = delete
+    outcomes: list[object] = []
+
+    def run() -> None:
+        try:
+            outcomes.append(m.delete("ns", "c1"))
+        except Exception as e:
+            outcomes.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    exits = [o for o in outcomes if isinstance(o, Exit)]
+    errors = [o for o in outcomes if not isinstance(o, Exit)]
+    assert [(e.pid, e.status) for e in exits] == [(42, 7)], outcomes
+    assert len(errors) == 1 and isinstance(errors[0], NotFound), outcomes
+    assert _leftovers(m, fake_shim) == []
+    assert _published(m) == []
+    assert fake_shim.runs() == ["start"]
+
+
+def test_a_delete_cut_off_by_the_supervisor_stopping_leaves_the_task(
+    manager: tuple[ShimManager, Records], fake_shim: FakeShim
+) -> None:
+    """Stopping closes the connections to the shims, which live on: a Delete in
+    flight fails, and the task is not cleaned up as if its shim had died."""
+    m, _ = manager
+    _create(m, fake_shim)
+    started = threading.Event()
+
+    def delete(req: Any) -> Any:
+        started.set()
+        time.sleep(5)
+        return DELETED
+
+    fake_shim.handlers["Delete"] = delete
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            m.delete("ns", "c1")
+        except BaseException as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert started.wait(10)
+    m.close()
+    t.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], Error), outcome
+    assert outcome[0].code == codes.UNAVAILABLE
+    assert fake_shim.runs() == ["start"]
+    assert os.path.exists(os.path.join(m.state, "ns", "c1", "config.json"))
+    assert _published(m) == []
