@@ -783,7 +783,7 @@ class ShimManager:
             self._clean_up_dead(shim)
             return
         # the socket of a shim that died before it was reached
-        address = read_address(shim.bundle.path).strip()
+        address = _address(shim.bundle)
         shim.close()
         self._close_log(shim)
         self._remove_bundle(shim, address)
@@ -921,7 +921,7 @@ class ShimManager:
             # leaves the list now, not after its shim has shut down.
             shim.gone.set()
             self._remove(shim)
-        address = read_address(shim.bundle.path).strip()
+        address = _address(shim.bundle)
         self._shutdown(shim)
         # Again for a shim that did not answer its Delete (both are idempotent).
         shim.gone.set()
@@ -1018,7 +1018,7 @@ class ShimManager:
     def _binary_delete(self, shim: Shim) -> Exit:
         """``<shim> -id <id> -bundle <bundle> delete``, then remove the bundle and
         the socket the dead shim left."""
-        address = read_address(shim.bundle.path).strip()
+        address = _address(shim.bundle)
         try:
             out = self._run_binary(
                 shim.bundle,
@@ -1085,7 +1085,7 @@ class ShimManager:
         # container asked for (what filters and listings show, as before the restart).
         try:
             started_with = bundle.read("shim-binary-path")
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError):  # ValueError: not text
             started_with = ""
         try:
             name = self.sup.metadata.get_container(ns, cid).runtime
@@ -1105,9 +1105,13 @@ class ShimManager:
         try:
             address = bundle.read("address").strip()
             shim.log_fd = self._logs.open(os.path.join(bundle.path, "log"), f"{ns}/{cid}")
-            shim.client = Client(address, on_close=lambda: self._disconnected(shim))
+            # A bounded connect: a hung shim's full backlog must not hold the
+            # load, and the supervisor serves only once loaded.
+            shim.client = Client(
+                address, connect_timeout=LOAD_TIMEOUT, on_close=lambda: self._disconnected(shim)
+            )
             shim.connect(timeout=LOAD_TIMEOUT)  # is anyone there? (containerd's check)
-        except (OSError, DockyardError) as e:
+        except (OSError, ValueError, DockyardError) as e:  # ValueError: an address not text
             self._load_failed(shim, e)
             return
         try:
@@ -1184,6 +1188,14 @@ def _stop_stale_template(pid_file: str, directory: str) -> None:
     log.info("stopped the shim template %d a previous supervisor left running", pid)
 
 
+def _address(bundle: Bundle) -> str:
+    """The address a bundle's shim wrote, "" if none (or not text)."""
+    try:
+        return read_address(bundle.path).strip()
+    except ValueError:
+        return ""
+
+
 def _subdirs(path: str) -> Iterator[str]:
     try:
         entries = sorted(os.scandir(path), key=lambda e: e.name)
@@ -1200,6 +1212,7 @@ def _remove_dead_socket(address: str) -> None:
     if not path.startswith("/"):
         return  # abstract: the kernel removes it with its last holder
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)  # a full backlog fails at once, not blocks: someone listens
     try:
         s.connect(path)
     except ConnectionRefusedError:

@@ -23,7 +23,14 @@ from google.protobuf import empty_pb2
 
 from dockyard.api.runtime.task.v2 import shim_pb2
 from dockyard.errors import FailedPrecondition, NotFound
-from dockyard.supervisor.shims import TASK_SERVICE, CreateOptions, Exit, Shim, ShimManager
+from dockyard.supervisor.shims import (
+    TASK_SERVICE,
+    Bundle,
+    CreateOptions,
+    Exit,
+    Shim,
+    ShimManager,
+)
 from dockyard.ttrpc import Error, Server, codes
 from tests.compat import host
 
@@ -397,3 +404,72 @@ def test_a_delete_cut_off_by_the_supervisor_stopping_leaves_the_task(
     assert fake_shim.runs() == ["start"]
     assert os.path.exists(os.path.join(m.state, "ns", "c1", "config.json"))
     assert _published(m) == []
+
+
+def _bundle(m: ShimManager, shim: FakeShim, address: bytes | None) -> str:
+    """A bundle as a supervisor killed in a create may leave it: ``address`` (if
+    not None) as the bundle's address file."""
+    path = Bundle.create(m.state, m.root, "ns", "c1", b"{}").path
+    with open(os.path.join(path, "shim-binary-path"), "w") as f:
+        f.write(str(shim.binary))
+    if address is not None:
+        with open(os.path.join(path, "address"), "wb") as f:
+            f.write(address)
+    return path
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        None,
+        b"",
+        b"garbage",
+        b"unix:///no/such/socket",
+        b"tcp://1.2.3.4:5",
+        b"\xff\xfe\n",
+        b"x" * 200,
+    ],
+    ids=["missing", "empty", "text", "no-socket", "tcp", "not-utf8", "too-long"],
+)
+def test_a_bundle_whose_address_is_missing_or_garbage_is_cleaned_up_on_load(
+    manager: tuple[ShimManager, Records], fake_shim: FakeShim, address: bytes | None
+) -> None:
+    m, _ = manager
+    _bundle(m, fake_shim, address)
+    m.load()
+    assert fake_shim.runs() == ["delete"]
+    assert _leftovers(m, fake_shim) == ["socket"]  # the stand-in shim's, still serving
+
+
+def test_a_shim_that_never_accepts_does_not_block_the_load(
+    manager: tuple[ShimManager, Records], fake_shim: FakeShim
+) -> None:
+    """A hung shim whose listen backlog is full: the load gives up on it in
+    bounded time (the supervisor serves only once loaded), as containerd's
+    dialer does."""
+    m, _ = manager
+    path = os.path.join(os.path.dirname(fake_shim.socket_path), "hung.sock")
+    hung = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    queued: list[socket.socket] = []
+    try:
+        hung.bind(path)
+        hung.listen(0)
+        while True:  # fill its backlog
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            queued.append(s)
+            try:
+                s.connect(path)
+            except BlockingIOError:
+                break
+        _bundle(m, fake_shim, ("unix://" + path).encode())
+        t = threading.Thread(target=m.load, daemon=True)
+        t.start()
+        t.join(20)
+        assert not t.is_alive(), "the load is stuck connecting to the hung shim"
+        assert fake_shim.runs() == ["delete"]
+        assert not os.path.exists(os.path.join(m.state, "ns", "c1"))
+    finally:
+        hung.close()  # the connect stuck on it, if any, fails now
+        for s in queued:
+            s.close()
