@@ -1131,13 +1131,17 @@ class ShimManager:
 
     def _load_failed(self, shim: Shim, e: BaseException) -> None:
         log.warning("task %s/%s: shim is gone (%s)", shim.namespace, shim.id, e)
-        shim.gone.set()
-        shim.close()
-        self._close_log(shim)
-        exit_ = self._binary_delete(shim)
-        # containerd publishes nothing here; whoever tracks the task must
-        # still learn it ended while nobody was listening.
-        self._publish_exit(shim, exit_)
+        if not self._claim(shim, dead=True):
+            return  # its connection's close found it dead first: cleaned up (waited for)
+        try:
+            shim.close()
+            self._close_log(shim)
+            exit_ = self._binary_delete(shim)
+            # containerd publishes nothing here; whoever tracks the task must
+            # still learn it ended while nobody was listening.
+            self._publish_exit(shim, exit_)
+        finally:
+            shim.cleaned.set()
 
     def _cleanup_work_dirs(self, ns: str) -> None:
         # Work dirs of tasks not loaded (the state dir went with a reboot).

@@ -473,3 +473,26 @@ def test_a_shim_that_never_accepts_does_not_block_the_load(
         hung.close()  # the connect stuck on it, if any, fails now
         for s in queued:
             s.close()
+
+
+def test_a_shim_that_dies_as_it_is_loaded_is_cleaned_up_once(
+    manager: tuple[ShimManager, Records], fake_shim: FakeShim
+) -> None:
+    """Its connection's close and the load's failure both find it dead: one
+    cleanup, one binary delete."""
+    m, _ = manager
+    _bundle(m, fake_shim, fake_shim.address.encode())
+    fake_shim.handlers["Connect"] = _die(fake_shim)
+    gate = threading.Event()
+    _hold(m, "_load_failed", gate)
+    cleanup = m._cleanup_after_dead_shim
+
+    def cleanup_then_release(shim: Shim) -> None:
+        gate.set()
+        cleanup(shim)
+
+    m._cleanup_after_dead_shim = cleanup_then_release  # type: ignore[method-assign]
+    m.load()
+    time.sleep(0.3)  # a late cleanup would run now
+    assert fake_shim.runs() == ["delete"]
+    assert _leftovers(m, fake_shim) == []
