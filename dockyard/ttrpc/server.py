@@ -186,19 +186,30 @@ class Server:
             backoff = 0.0
             conn = _socket.socket(fileno=fd)
             conn.setblocking(True)
-            self._add_connection(conn)
+            if not self._add_connection(conn):
+                # Out of threads: as short of resources as EMFILE, so back off too.
+                backoff = 0.005
 
-    def _add_connection(self, sock: _socket.socket) -> None:
+    def _add_connection(self, sock: _socket.socket) -> bool:
+        """False if no thread could be started for it (it is closed then)."""
         if self._require_same_user and not _same_user(sock):
             sock.close()
-            return
+            return True
         c = _Connection(self, sock)
         with self._lock:
             if self._shutting_down:
                 sock.close()
-                return
+                return True
             self._connections.add(c)
-        threading.Thread(target=c.run, name="ttrpc-conn", daemon=True).start()
+        try:
+            threading.Thread(target=c.run, name="ttrpc-conn", daemon=True).start()
+        except RuntimeError:  # "can't start new thread"
+            # Not served: it must not stay known (wait() would wait for it forever).
+            sock.close()
+            self._forget(c)
+            _warn("ttrpc: refused a connection: no thread to serve it")
+            return False
+        return True
 
     def _forget(self, c: _Connection) -> None:
         with self._lock:
