@@ -9,8 +9,9 @@ RESOURCE_EXHAUSTED and frames of other types are ignored. Where Go would
 drop the connection (a response over 4 MiB) this answers RESOURCE_EXHAUSTED
 on the stream instead.
 
-One thread reads each connection and one thread runs each request; responses
-are written whole under the connection's write lock.
+One thread reads each connection and one thread runs each request (at most
+max_active_requests at once on a connection); responses are written whole
+under the connection's write lock.
 """
 
 from __future__ import annotations
@@ -74,6 +75,13 @@ class Context:
 
 Handler = Callable[[bytes, Context], bytes]
 
+# Calls running at once on one connection. Go's server has no bound (a
+# goroutine each); a thread costs far more, and a peer that floods requests
+# or stops reading its answers must not exhaust the process's threads. Far
+# more than containerd has in flight on a shim (a Wait per process, and a
+# few calls besides).
+MAX_ACTIVE_REQUESTS = 1024
+
 # Accept errors that say "try again later" (Go's Temporary() ones): back off.
 _ACCEPT_BACKOFF_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
@@ -81,11 +89,18 @@ _ACCEPT_BACKOFF_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, e
 class Server:
     """Serves registered services on any number of listening unix sockets."""
 
-    def __init__(self, *, require_same_user: bool = False) -> None:
+    def __init__(
+        self, *, require_same_user: bool = False, max_active_requests: int = MAX_ACTIVE_REQUESTS
+    ) -> None:
         """``require_same_user`` refuses peers whose effective uid or gid differ
         from this process's (SO_PEERCRED), as containerd's shims do: their
-        sockets may be abstract, where file permissions do not apply."""
+        sockets may be abstract, where file permissions do not apply.
+
+        ``max_active_requests`` bounds the calls running at once on one
+        connection, each in its own thread; past it a request is answered
+        RESOURCE_EXHAUSTED at once."""
         self._require_same_user = require_same_user
+        self.max_active_requests = max_active_requests
         self._services: dict[str, dict[str, Handler]] = {}
         self._lock = threading.Lock()
         # Signalled whenever a connection or a serve loop ends.
@@ -402,13 +417,29 @@ class _Connection:
                 )
                 continue
             with self.lock:
-                self.active += 1
-            threading.Thread(
-                target=self._handle,
-                args=(stream_id, req),
-                name=f"ttrpc {req.service}/{req.method}",
-                daemon=True,
-            ).start()
+                full = self.active >= self.server.max_active_requests
+                if not full:
+                    self.active += 1
+            if full:
+                self._send_status(
+                    stream_id,
+                    codes.RESOURCE_EXHAUSTED,
+                    f"too many requests in flight on this connection "
+                    f"({self.server.max_active_requests})",
+                )
+                continue
+            try:
+                threading.Thread(
+                    target=self._handle,
+                    args=(stream_id, req),
+                    name=f"ttrpc {req.service}/{req.method}",
+                    daemon=True,
+                ).start()
+            except RuntimeError:  # "can't start new thread": answered, not run
+                self._send_status(
+                    stream_id, codes.RESOURCE_EXHAUSTED, "no thread to run the request"
+                )
+                self._finished()
 
     def _handle(self, stream_id: int, req: wire.Request) -> None:
         try:
@@ -423,11 +454,15 @@ class _Connection:
                 )
             self._send(stream_id, data)
         finally:
-            with self.lock:
-                self.active -= 1
-                idle = self.draining and self.active == 0
-            if idle:
-                self.hang_up()
+            self._finished()
+
+    def _finished(self) -> None:
+        """A request is no longer active: the last one of a draining connection ends it."""
+        with self.lock:
+            self.active -= 1
+            idle = self.draining and self.active == 0
+        if idle:
+            self.hang_up()
 
     def _send_status(self, stream_id: int, code: int, message: str) -> None:
         self._send(stream_id, wire.encode_response(wire.Response(code, message)))

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from dockyard.ttrpc import Error, codes, wire
 from dockyard.ttrpc import server as server_module
-from dockyard.ttrpc import wire
-from tests.ttrpc.conftest import HANG, SERVICE, Served, listen, raw_connect
+from tests.ttrpc.conftest import HANG, SERVICE, Served, listen, raw_connect, raw_response
+from tests.ttrpc.test_client_server import CallThread
 
 
 def _threading_failing(prefix: str, times: int = 1) -> types.SimpleNamespace:
@@ -62,6 +63,36 @@ def test_no_thread_for_a_connection_does_not_stop_the_server(
         assert s.recv(1) == b""
     # ...and the server goes on accepting (close() at teardown must not hang either).
     assert served.connect().call(SERVICE, "Echo", b"next") == b"next"
+
+
+def test_no_thread_for_a_request_answers_it_and_keeps_the_connection(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module, "threading", _threading_failing("ttrpc "))
+    with raw_connect(served.path) as s:
+        s.sendall(_request(1, "Echo", b"first"))
+        stream_id, resp = raw_response(s)
+        assert (stream_id, resp.code) == (1, codes.RESOURCE_EXHAUSTED)
+        s.sendall(_request(3, "Echo", b"second"))
+        stream_id, resp = raw_response(s)
+        assert (stream_id, resp.code, resp.payload) == (3, codes.OK, b"second")
+
+
+def test_requests_in_flight_on_a_connection_are_bounded(served: Served) -> None:
+    served.server.max_active_requests = 2
+    c = served.connect()
+    blocked = [CallThread(c, "Block", b"%d" % i) for i in range(2)]
+    served.wait_entered(2)
+    # A third is refused at once rather than given a thread of its own.
+    with pytest.raises(Error) as err:
+        c.call(SERVICE, "Echo", b"third")
+    assert err.value.code == codes.RESOURCE_EXHAUSTED
+    # Another connection has its own allowance.
+    assert served.connect().call(SERVICE, "Echo", b"other") == b"other"
+    served.release.set()
+    for t in blocked:
+        assert t.finish().error is None
+    assert c.call(SERVICE, "Echo", b"again") == b"again"
 
 
 # --- client -------------------------------------------------------------------
