@@ -249,6 +249,7 @@ class Server:
         It does not wait (a handler may call it, as the shim's Shutdown
         does): wait() does. Idle connections close at once; a connection
         with a call still running closes after writing that call's response.
+        Requests that arrive after it are not run.
         """
         for c in self._stop_accepting():
             c.drain()
@@ -417,6 +418,12 @@ class _Connection:
                 )
                 continue
             with self.lock:
+                if self.draining:
+                    # After shutdown() no new call runs, as Go's server stops
+                    # reading then: the connection may already be hung up (the
+                    # answer would be lost), and calls kept coming must not
+                    # hold it open. The caller sees the connection close.
+                    continue
                 full = self.active >= self.server.max_active_requests
                 if not full:
                     self.active += 1

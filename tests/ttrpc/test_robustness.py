@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dockyard.ttrpc import Error, codes, wire
+from dockyard.ttrpc import ConnectionClosed, Error, codes, wire
 from dockyard.ttrpc import server as server_module
 from tests.ttrpc.conftest import HANG, SERVICE, Served, listen, raw_connect, raw_response
 from tests.ttrpc.test_client_server import CallThread
@@ -93,6 +93,23 @@ def test_requests_in_flight_on_a_connection_are_bounded(served: Served) -> None:
     for t in blocked:
         assert t.finish().error is None
     assert c.call(SERVICE, "Echo", b"again") == b"again"
+
+
+def test_shutdown_runs_no_request_that_arrives_after_it(served: Served) -> None:
+    c = served.connect()
+    busy = CallThread(c, "Block", b"busy")
+    served.wait_entered()
+    served.server.shutdown()
+    # Sent after shutdown(): not run (as Go's server, which stops reading), so a
+    # client that keeps calls in flight cannot hold a draining connection open.
+    late = CallThread(c, "Inspect")
+    late.join(0.3)
+    assert late.is_alive(), f"a request sent after shutdown() was answered: {late.result!r}"
+    served.release.set()
+    assert busy.finish().result == b"released busy"
+    assert isinstance(late.finish().error, ConnectionClosed)
+    assert [ctx.method for ctx in served.contexts] == ["Block"]
+    assert served.server.wait(HANG)
 
 
 # --- client -------------------------------------------------------------------
