@@ -9,7 +9,9 @@ with ConnectionClosed, and so does every later call.
 from __future__ import annotations
 
 import _socket  # not socket: see wire.py
+import select
 import threading
+import time
 from collections.abc import Callable
 
 from dockyard.errors import InvalidArgument
@@ -132,6 +134,7 @@ class Client:
         where = f"ttrpc {service}/{method}"
         if timeout is not None and timeout <= 0:
             raise Error(codes.DEADLINE_EXCEEDED, f"{where}: deadline exceeded before the call")
+        deadline = None if timeout is None else time.monotonic() + timeout
         pairs: list[tuple[str, str]] = []
         for key, values in (metadata or {}).items():
             for value in [values] if isinstance(values, str) else values:
@@ -158,16 +161,26 @@ class Client:
             # Odd ids only; wrap before the uint32 runs out.
             self._next_id = stream_id + 2 if stream_id < 0xFFFFFFFF - 2 else 1
             self._pending[stream_id] = call
+        message = wire.frame(stream_id, wire.TYPE_REQUEST, data)
         try:
-            with self._write_lock:
-                self._sock.sendall(wire.frame(stream_id, wire.TYPE_REQUEST, data))
+            if deadline is None:
+                with self._write_lock:
+                    self._sock.sendall(message)
+            elif not self._send_by(message, deadline):
+                with self._lock:
+                    self._pending.pop(stream_id, None)
+                raise Error(
+                    codes.DEADLINE_EXCEEDED,
+                    f"{where}: deadline exceeded after {timeout}s, before the request was sent",
+                )
         except OSError as e:
             with self._lock:
                 self._pending.pop(stream_id, None)
                 reason = self._closed or (e.strerror or str(e)).lower()
             raise ConnectionClosed(f"{where}: {reason}") from e
 
-        if not call.done.acquire(timeout=-1 if timeout is None else timeout):
+        left = -1.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if not call.done.acquire(timeout=left):
             with self._lock:
                 gave_up = self._pending.pop(stream_id, None) is not None
             if gave_up:
@@ -183,6 +196,48 @@ class Client:
         if resp.code != codes.OK:
             raise Error(resp.code, resp.message, resp.details)
         return resp.payload
+
+    def _send_by(self, message: bytes, deadline: float) -> bool:
+        """Write a whole frame before the deadline (time.monotonic()); False if
+        it could not be, OSError if the connection failed.
+
+        A server that stops reading, or another call's send stuck on it,
+        must not hold a call past its deadline, as a blocking send would. A
+        frame cut off part way leaves nothing the server could read after
+        it, so the connection is ended then and every call fails.
+        """
+        if not self._write_lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            return False
+        try:
+            view = memoryview(message)
+            sent = 0
+            poller = None
+            while sent < len(message):
+                try:
+                    sent += self._sock.send(view[sent:], _socket.MSG_DONTWAIT)
+                    continue
+                except BlockingIOError:
+                    pass
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if poller is None:
+                    poller = select.poll()
+                    poller.register(self._sock.fileno(), select.POLLOUT)
+                poller.poll(left * 1000)
+            else:
+                return True
+            if sent:
+                with self._lock:
+                    if self._closed is None:
+                        self._closed = "a request was cut off by its deadline"
+                    try:
+                        self._sock.shutdown(_socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+            return False
+        finally:
+            self._write_lock.release()
 
     def call_typed(
         self,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dockyard.ttrpc import ConnectionClosed, Error, codes, wire
+from dockyard.ttrpc import Client, ConnectionClosed, Error, codes, wire
 from dockyard.ttrpc import server as server_module
 from tests.ttrpc.conftest import HANG, SERVICE, Served, listen, raw_connect, raw_response
 from tests.ttrpc.test_client_server import CallThread
@@ -113,3 +113,40 @@ def test_shutdown_runs_no_request_that_arrives_after_it(served: Served) -> None:
 
 
 # --- client -------------------------------------------------------------------
+
+
+def test_call_timeout_bounds_a_send_to_a_server_that_does_not_read(
+    silent_listener: tuple[Path, socket.socket],
+) -> None:
+    path, listener = silent_listener
+    with Client(str(path)) as c:
+        conn, _ = listener.accept()
+        with conn:
+            # Far more than the socket buffers take: the send blocks on this server.
+            t = CallThread(c, "Echo", b"x" * (3 << 20), timeout=0.3)
+            t.join(10)
+            assert not t.is_alive(), "the call's send ignored its timeout"
+            assert isinstance(t.error, Error)
+            assert t.error.code == codes.DEADLINE_EXCEEDED
+            # Part of that frame went out, so the stream cannot go on: the client
+            # ended the connection, and later calls fail at once.
+            with pytest.raises(ConnectionClosed):
+                c.call(SERVICE, "Echo", b"next", timeout=HANG)
+
+
+def test_call_timeout_bounds_the_wait_for_another_calls_send(
+    silent_listener: tuple[Path, socket.socket],
+) -> None:
+    path, listener = silent_listener
+    with Client(str(path)) as c:
+        conn, _ = listener.accept()
+        with conn:
+            stuck = CallThread(c, "Echo", b"x" * (3 << 20))  # no timeout: sends until close
+            # The second call waits for the first one's send, but no longer than its timeout.
+            t = CallThread(c, "Echo", b"y", timeout=0.3)
+            t.join(10)
+            assert not t.is_alive(), "the call waited for another's send past its timeout"
+            assert isinstance(t.error, Error)
+            assert t.error.code == codes.DEADLINE_EXCEEDED
+            c.close()
+            assert isinstance(stuck.finish().error, ConnectionClosed)
