@@ -157,9 +157,15 @@ class Client:
         with self._lock:
             if self._closed is not None:
                 raise ConnectionClosed(f"{where}: {self._closed}")
+            # Odd ids only; wrap before the uint32 runs out, past the ids of
+            # calls still waiting (a Wait may outlive billions of calls):
+            # sharing one would give its answer to the wrong call.
             stream_id = self._next_id
-            # Odd ids only; wrap before the uint32 runs out.
-            self._next_id = stream_id + 2 if stream_id < 0xFFFFFFFF - 2 else 1
+            while True:
+                self._next_id = stream_id + 2 if stream_id < 0xFFFFFFFF - 2 else 1
+                if stream_id not in self._pending:
+                    break
+                stream_id = self._next_id
             self._pending[stream_id] = call
         message = wire.frame(stream_id, wire.TYPE_REQUEST, data)
         try:

@@ -150,3 +150,30 @@ def test_call_timeout_bounds_the_wait_for_another_calls_send(
             assert t.error.code == codes.DEADLINE_EXCEEDED
             c.close()
             assert isinstance(stuck.finish().error, ConnectionClosed)
+
+
+def test_stream_ids_of_pending_calls_are_not_reused_after_wrapping(
+    silent_listener: tuple[Path, socket.socket],
+) -> None:
+    path, listener = silent_listener
+    with Client(str(path)) as c:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(HANG)
+            first = CallThread(c, "Wait")
+            got = wire.read_frame(conn)
+            assert got is not None and got[0] == 1
+            # Billions of calls later the ids wrap while the first one still waits.
+            c._next_id = 0xFFFFFFFD
+            calls = [first]
+            ids = []
+            for _ in range(2):
+                calls.append(CallThread(c, "Echo"))
+                got = wire.read_frame(conn)
+                assert got is not None
+                ids.append(got[0])
+            assert ids[0] == 0xFFFFFFFD and ids[1] not in (1, 0xFFFFFFFD), ids
+            for stream_id, payload in zip([1, *ids], [b"a", b"b", b"c"], strict=True):
+                answer = wire.encode_response(wire.Response(payload=payload))
+                conn.sendall(wire.frame(stream_id, wire.TYPE_RESPONSE, answer))
+            assert [t.finish().result for t in calls] == [b"a", b"b", b"c"]
