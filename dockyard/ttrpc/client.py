@@ -109,7 +109,13 @@ class Client:
         self._closed: str | None = None  # why the connection ended, once it has
         self._sock_closed = False
         self._reader = threading.Thread(target=self._read_loop, name="ttrpc-client", daemon=True)
-        self._reader.start()
+        try:
+            self._reader.start()
+        except RuntimeError as e:  # "can't start new thread": the socket must not leak
+            sock.close()
+            raise Error(
+                codes.RESOURCE_EXHAUSTED, f"ttrpc client {self.address}: no thread to read: {e}"
+            ) from e
 
     @property
     def closed(self) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dockyard.ttrpc import Client, ConnectionClosed, Error, codes, wire
+from dockyard.ttrpc import client as client_module
 from dockyard.ttrpc import server as server_module
 from tests.ttrpc.conftest import HANG, SERVICE, Served, listen, raw_connect, raw_response
 from tests.ttrpc.test_client_server import CallThread
@@ -177,3 +178,15 @@ def test_stream_ids_of_pending_calls_are_not_reused_after_wrapping(
                 answer = wire.encode_response(wire.Response(payload=payload))
                 conn.sendall(wire.frame(stream_id, wire.TYPE_RESPONSE, answer))
             assert [t.finish().result for t in calls] == [b"a", b"b", b"c"]
+
+
+def test_no_reader_thread_leaves_no_socket_open(
+    silent_listener: tuple[Path, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _listener = silent_listener  # connects are queued, never accepted: no fd here
+    monkeypatch.setattr(client_module, "threading", _threading_failing("ttrpc-client"))
+    before = _open_fds()
+    with pytest.raises(Error) as err:
+        Client(str(path))
+    assert err.value.code == codes.RESOURCE_EXHAUSTED
+    assert _open_fds() <= before
