@@ -47,6 +47,17 @@ def socket_address(address: str) -> str:
     return path
 
 
+_INT64_MAX = (1 << 63) - 1
+# The longest a poll() takes (its milliseconds are a C int); longer waits loop.
+_POLL_MAX = 86400.0
+
+
+def _wait_time(deadline: float, most: float) -> float:
+    """Seconds left until the deadline, from 0 to ``most``: a timeout of years
+    must not overflow what a lock or poll() takes."""
+    return min(max(deadline - time.monotonic(), 0.0), most)
+
+
 class _Call:
     """One call waiting for its response; ``done`` is released when it has one."""
 
@@ -150,7 +161,8 @@ class Client:
                 service,
                 method,
                 payload,
-                int(timeout * 1e9) if timeout is not None else 0,
+                # int64 nanoseconds, saturated as Go's Duration arithmetic is.
+                int(min(timeout * 1e9, _INT64_MAX)) if timeout is not None else 0,
                 pairs,
             )
         )
@@ -191,7 +203,7 @@ class Client:
                 reason = self._closed or (e.strerror or str(e)).lower()
             raise ConnectionClosed(f"{where}: {reason}") from e
 
-        left = -1.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
+        left = -1.0 if deadline is None else _wait_time(deadline, threading.TIMEOUT_MAX)
         if not call.done.acquire(timeout=left):
             with self._lock:
                 gave_up = self._pending.pop(stream_id, None) is not None
@@ -218,7 +230,7 @@ class Client:
         frame cut off part way leaves nothing the server could read after
         it, so the connection is ended then and every call fails.
         """
-        if not self._write_lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+        if not self._write_lock.acquire(timeout=_wait_time(deadline, threading.TIMEOUT_MAX)):
             return False
         try:
             view = memoryview(message)
@@ -230,7 +242,7 @@ class Client:
                     continue
                 except BlockingIOError:
                     pass
-                left = deadline - time.monotonic()
+                left = _wait_time(deadline, _POLL_MAX)
                 if left <= 0:
                     break
                 if poller is None:

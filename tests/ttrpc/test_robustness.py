@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -190,3 +191,28 @@ def test_no_reader_thread_leaves_no_socket_open(
         Client(str(path))
     assert err.value.code == codes.RESOURCE_EXHAUSTED
     assert _open_fds() <= before
+
+
+def test_timeouts_too_long_for_the_clocks_work(served: Served) -> None:
+    c = served.connect()
+    # Past int64 nanoseconds and threading.TIMEOUT_MAX: the server sees the
+    # longest timeout the wire carries (Go saturates a Duration so), not a
+    # wrapped-around negative one, and the wait here is as long as it can be.
+    seen = json.loads(c.call(SERVICE, "Inspect", b"", timeout=1e10))
+    assert seen["timeout"] == pytest.approx(((1 << 63) - 1) / 1e9)
+    assert c.call(SERVICE, "Echo", b"ok", timeout=1e300) == b"ok"
+
+
+def test_a_long_timeout_send_to_a_server_that_does_not_read_ends_on_close(
+    silent_listener: tuple[Path, socket.socket],
+) -> None:
+    path, listener = silent_listener
+    with Client(str(path)) as c:
+        conn, _ = listener.accept()
+        with conn:
+            # 116 days: more milliseconds than poll() takes.
+            t = CallThread(c, "Echo", b"x" * (3 << 20), timeout=1e7)
+            t.join(0.3)
+            assert t.is_alive() and t.error is None, t.error
+            c.close()
+            assert isinstance(t.finish().error, ConnectionClosed), t.error
