@@ -6,9 +6,12 @@ protobuf ``Any`` with containerd's type URL. Subscribers pass containerd
 filters over ``topic``, ``namespace`` and ``event.<field>``; any one filter
 matching is enough (``docs`` of containerd's events service).
 
-Each subscriber has its own bounded queue: a slow subscriber loses its
-oldest events rather than holding up the publisher (tasks must not wait on
-a reader's terminal).
+Each subscriber has its own bounded queue: publishers never wait on a
+reader (tasks must not wait on a reader's terminal). A subscriber that falls
+``MAX_QUEUE`` events behind is let go: it gets what was queued, then
+RESOURCE_EXHAUSTED, rather than a stream that silently skipped events
+(containerd's queues are unbounded; a stalled reader there grows the
+daemon without end).
 """
 
 from __future__ import annotations
@@ -23,11 +26,17 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from dockyard.api import typeurl
-from dockyard.errors import InvalidArgument
+from dockyard.errors import DockyardError, InvalidArgument
 from dockyard.filters import matcher as filters_matcher
 
-# A subscriber's queue: beyond it, its oldest events are dropped.
+# A subscriber's queue: one that falls further behind is ended.
 MAX_QUEUE = 1024
+
+
+class SubscriberTooSlow(DockyardError):
+    """A subscriber fell ``MAX_QUEUE`` events behind and was let go."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
 
 
 @dataclass
@@ -91,11 +100,11 @@ def matcher(filters: Iterable[str]) -> Matcher:
 @dataclass
 class _Subscriber:
     match: Matcher
-    queue: collections.deque[Envelope] = field(
-        default_factory=lambda: collections.deque(maxlen=MAX_QUEUE)
-    )
+    queue: collections.deque[Envelope] = field(default_factory=collections.deque)
     cond: threading.Condition = field(default_factory=threading.Condition)
     closed: bool = False
+    # fell MAX_QUEUE behind: no more events, an error after the queued ones
+    overflowed: bool = False
 
 
 class Exchange:
@@ -118,29 +127,43 @@ class Exchange:
         for sub in subscribers:
             if sub.match(env):
                 with sub.cond:
-                    sub.queue.append(env)
+                    if sub.overflowed:
+                        continue
+                    if len(sub.queue) >= MAX_QUEUE:
+                        sub.overflowed = True
+                        self._remove(sub)
+                    else:
+                        sub.queue.append(env)
                     sub.cond.notify()
+
+    def _remove(self, sub: _Subscriber) -> None:
+        with self._lock:
+            if sub in self._subscribers:
+                self._subscribers.remove(sub)
 
     def subscribe(
         self, filters: Iterable[str] = (), is_active: Callable[[], bool] = lambda: True
     ) -> Iterator[Envelope]:
-        """Envelopes as they come, until ``is_active()`` turns false or ``close()``."""
+        """Envelopes as they come, until ``is_active()`` turns false or ``close()``;
+        SubscriberTooSlow after the queued ones when the reader fell too far behind."""
         sub = _Subscriber(matcher(filters))
         with self._lock:
             self._subscribers.append(sub)
         try:
             while True:
                 with sub.cond:
-                    while not sub.queue and not sub.closed and is_active():
+                    while not sub.queue and not sub.overflowed and not sub.closed and is_active():
                         sub.cond.wait(timeout=1.0)
                     if sub.closed or (not sub.queue and not is_active()):
                         return
+                    if not sub.queue:  # overflowed, and all it had is out
+                        raise SubscriberTooSlow(
+                            f"event subscriber fell {MAX_QUEUE} events behind: ended"
+                        )
                     env = sub.queue.popleft()
                 yield env
         finally:
-            with self._lock:
-                if sub in self._subscribers:
-                    self._subscribers.remove(sub)
+            self._remove(sub)
 
     def close(self) -> None:
         """End every subscription (the daemon is stopping)."""

@@ -1,0 +1,120 @@
+"""The event exchange in-process: slow subscribers, ordering, shutdown and filters.
+
+containerd's exchange never holds a publisher up for a subscriber (each sink
+has its own queue) and hands every subscriber the events in one order. Ours
+bounds a subscriber's queue; past the bound the subscriber is ended with an
+error rather than left with a stream that silently skipped events.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from dockyard.api import typeurl
+from dockyard.api.events import task_pb2
+from dockyard.supervisor import events
+from dockyard.supervisor.events import Envelope, Exchange
+
+TIMEOUT = 10.0
+
+
+def oom(cid: str) -> task_pb2.TaskOOM:
+    return task_pb2.TaskOOM(container_id=cid)
+
+
+def cid(env: Envelope) -> str:
+    msg = typeurl.unpack(env.event)
+    assert isinstance(msg, task_pb2.TaskOOM)
+    return msg.container_id
+
+
+class Reader:
+    """A subscription read in a thread, as a gRPC handler reads one."""
+
+    def __init__(self, stream: Iterator[Envelope]) -> None:
+        self.stream = stream
+        self.got: list[Envelope] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for env in self.stream:
+                self.got.append(env)
+        except BaseException as e:
+            self.error = e
+
+    def wait_for(self, n: int) -> None:
+        wait_until(lambda: len(self.got) >= n)
+
+    def join(self) -> None:
+        self.thread.join(TIMEOUT)
+        assert not self.thread.is_alive(), "the subscription did not end"
+
+
+def subscribed(ex: Exchange, *filters: str, is_active: Callable[[], bool] = lambda: True) -> Reader:
+    """A subscription read in a thread, once it is registered with the exchange."""
+    before = len(ex._subscribers)
+    reader = Reader(ex.subscribe(filters, is_active=is_active))
+    wait_until(lambda: len(ex._subscribers) > before)
+    return reader
+
+
+def wait_until(cond: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_subscriber_that_stops_reading_is_ended_with_an_error_not_skipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(events, "MAX_QUEUE", 4)
+    ex = Exchange()
+    stream = ex.subscribe()
+    first: list[str] = []
+    # the reader registers, takes one event and stops reading
+    t = threading.Thread(target=lambda: first.append(cid(next(stream))), daemon=True)
+    t.start()
+    wait_until(lambda: bool(ex._subscribers))
+    ex.publish("ns", "/t", oom("0"))
+    t.join(TIMEOUT)
+    assert first == ["0"]
+    # the publisher is never held up, whatever the reader does
+    for i in range(1, 20):
+        ex.publish("ns", "/t", oom(str(i)))
+    # the subscriber is let go at once (nothing more is kept for it) ...
+    assert not ex._subscribers
+    # ... and its reader gets what was queued, then an error: never a gap
+    rest: list[str] = []
+    with pytest.raises(events.SubscriberTooSlow):
+        for env in stream:
+            rest.append(cid(env))
+    assert first + rest == [str(i) for i in range(5)]
+
+
+def test_a_stalled_subscriber_does_not_hold_up_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events, "MAX_QUEUE", 4)
+    ex = Exchange()
+    stalled = ex.subscribe()
+    t = threading.Thread(target=lambda: next(stalled, None), daemon=True)
+    t.start()
+    wait_until(lambda: bool(ex._subscribers))
+    reader = subscribed(ex)
+    ex.publish("ns", "/t", oom("x"))
+    t.join(TIMEOUT)
+    # the stalled one overflows and is let go; the other one reads on
+    for i in range(100):
+        ex.publish("ns", "/t", oom(str(i)))
+        reader.wait_for(i + 2)
+    ex.close()
+    reader.join()
+    assert reader.error is None
+    assert [cid(e) for e in reader.got] == ["x", *map(str, range(100))]
+    assert not ex._subscribers
