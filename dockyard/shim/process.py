@@ -228,11 +228,18 @@ class Init(Process):
                     pass
             raise
 
-    def start(self, started: Callable[[], None] | None = None) -> None:
+    def start(
+        self,
+        started: Callable[[], None] | None = None,
+        starting: Callable[[], None] | None = None,
+    ) -> None:
+        """``starting`` runs once the start is allowed, before the runtime's."""
         with self._op:
             state = self.status()
             if state != CREATED:
                 raise FailedPrecondition(f"cannot start container {self.id}: it is {state}")
+            if starting is not None:
+                starting()
             self.runtime.start(self.id)
             with self._lock:
                 if self.state == CREATED:

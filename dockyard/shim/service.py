@@ -291,8 +291,9 @@ class TaskService:
 
             # Watched before it runs: a kill between the start and the watch
             # would count in the watch's starting point (v2) or be missed (v1).
-            self._watch_oom(c)
-            p.start(started)
+            # Only by a start that may run: a second Start would watch it twice
+            # (each OOM published twice), one after its Delete for ever.
+            c.init.start(started, starting=lambda: self._watch_oom(c))
         return m.StartResponse(pid=p.pid)
 
     def _watch_oom(self, c: Container) -> None:

@@ -807,3 +807,49 @@ def test_resize_takes_sizes_past_16_bits_as_containerd_does() -> None:
         io.close()
         os.close(master)
         os.close(slave)
+
+
+# -- the task service over processes whose runtime is fake ------------------------------
+
+
+class _OOMRecorder:
+    def __init__(self) -> None:
+        self.watched: list[str] = []
+
+    def add(self, container_id: str, paths: dict[str, str]) -> None:
+        self.watched.append(container_id)
+
+    def remove(self, container_id: str) -> None:
+        self.watched = [c for c in self.watched if c != container_id]
+
+
+def _service_with(tmp_path: Path, rt: FakeRuntime) -> tuple[Any, Any]:
+    from dockyard.shim.container import Container
+    from dockyard.shim.service import TaskService
+
+    service = TaskService("ns", _Recorder(), None, lambda: None)  # type: ignore[arg-type]
+    container = Container("c1", str(tmp_path), _init(tmp_path, rt), "")
+    service._containers["c1"] = container
+    return service, container
+
+
+def test_oom_is_watched_once_and_only_for_a_start_that_may_run(tmp_path: Path) -> None:
+    """A Start refused (started already, or deleted by a Delete that got there
+    first) adds no second watch: it would publish each OOM kill twice, or keep
+    a deleted container's cgroup watched for ever."""
+    service, container = _service_with(tmp_path, FakeRuntime())
+    container.cgroup_paths = {"": str(tmp_path)}
+    oom = service._oom = _OOMRecorder()
+    service.start(messages.StartRequest(id="c1"), None)
+    with pytest.raises(FailedPrecondition):
+        service.start(messages.StartRequest(id="c1"), None)
+    assert oom.watched == ["c1"]
+
+    # Start racing Delete: the Delete ran first, the Start still holds the container.
+    service, container = _service_with(tmp_path, FakeRuntime())
+    container.cgroup_paths = {"": str(tmp_path)}
+    oom = service._oom = _OOMRecorder()
+    container.init.delete()
+    with pytest.raises(FailedPrecondition):
+        service.start(messages.StartRequest(id="c1"), None)
+    assert oom.watched == []
