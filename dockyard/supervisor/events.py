@@ -122,19 +122,21 @@ class Exchange:
     def forward(self, env: Envelope) -> None:
         """Hand an envelope to the subscribers as it is (its topic checked here, for every path)."""
         validate_topic(env.topic)
+        # one envelope at a time, to every subscriber, under the lock: two
+        # publishers at once must not reach two subscribers in two orders
+        # (containerd's broadcaster hands each event to all its sinks in turn)
         with self._lock:
-            subscribers = list(self._subscribers)
-        for sub in subscribers:
-            if sub.match(env):
-                with sub.cond:
-                    if sub.overflowed:
-                        continue
-                    if len(sub.queue) >= MAX_QUEUE:
-                        sub.overflowed = True
-                        self._remove(sub)
-                    else:
-                        sub.queue.append(env)
-                    sub.cond.notify()
+            for sub in list(self._subscribers):
+                if sub.match(env):
+                    with sub.cond:
+                        if sub.overflowed:
+                            continue
+                        if len(sub.queue) >= MAX_QUEUE:
+                            sub.overflowed = True
+                            self._subscribers.remove(sub)
+                        else:
+                            sub.queue.append(env)
+                        sub.cond.notify()
 
     def _remove(self, sub: _Subscriber) -> None:
         with self._lock:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import pytest
 
@@ -118,3 +118,45 @@ def test_a_stalled_subscriber_does_not_hold_up_another(monkeypatch: pytest.Monke
     assert reader.error is None
     assert [cid(e) for e in reader.got] == ["x", *map(str, range(100))]
     assert not ex._subscribers
+
+
+def test_subscribers_see_concurrent_publishes_in_one_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two publishers at once: every subscriber gets their events in the same order."""
+    second_done = threading.Event()
+    made: list[int] = []
+    real = events.matcher
+
+    def slow_matcher(filters: Iterable[str]) -> events.Matcher:
+        match = real(filters)
+        index = len(made)
+        made.append(index)
+
+        def m(env: Envelope) -> bool:
+            # the second subscriber takes its time over the first event:
+            # the other publisher must not overtake it at one subscriber only
+            if index == 1 and cid(env) == "one":
+                second_done.wait(1.0)
+            return match(env)
+
+        return m
+
+    monkeypatch.setattr(events, "matcher", slow_matcher)
+    ex = Exchange()
+    a = subscribed(ex)
+    b = subscribed(ex)
+    p1 = threading.Thread(target=lambda: ex.publish("ns", "/t", oom("one")))
+    p1.start()
+    time.sleep(0.2)  # the first publisher is at the second subscriber
+
+    def second() -> None:
+        ex.publish("ns", "/t", oom("two"))
+        second_done.set()
+
+    p2 = threading.Thread(target=second)
+    p2.start()
+    p1.join(TIMEOUT)
+    p2.join(TIMEOUT)
+    a.wait_for(2)
+    b.wait_for(2)
+    ex.close()
+    assert [cid(e) for e in a.got] == [cid(e) for e in b.got]
