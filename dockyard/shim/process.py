@@ -81,6 +81,9 @@ class Process:
         self._lock = threading.Lock()
         self._op = threading.Lock()
         self._exited = threading.Event()
+        # Reaped: its pid is free, though it counts as stopped only once its
+        # output is through (set_exited).
+        self._reaped = False
 
     @property
     def lifecycle_lock(self) -> threading.Lock:
@@ -104,6 +107,11 @@ class Process:
     def deleted(self) -> bool:
         with self._lock:
             return self.state == DELETED
+
+    def mark_reaped(self) -> None:
+        """Its exit was reaped: its pid may already be another process's."""
+        with self._lock:
+            self._reaped = True
 
     def set_exited(self, status: int, timestamp_ns: int) -> None:
         """The reaped exit, once its output is through: stopped, and Wait returns."""
@@ -415,7 +423,7 @@ class Exec(Process):
 
     def kill(self, sig: int, all: bool = False) -> None:
         with self._lock:
-            pid, exited, state = self.pid, self._exited.is_set(), self.state
+            pid, exited, state = self.pid, self._exited.is_set() or self._reaped, self.state
         if state == DELETED:
             raise NotFound(f"exec {self.exec_id}: deleted")
         if pid == 0:

@@ -163,6 +163,8 @@ class TaskService:
         self._exited(found[0], found[1], e)
 
     def _exited(self, c: Container, p: Process, e: Exit) -> None:
+        # At once: an exec's Kill must not signal a pid the kernel may reuse.
+        p.mark_reaped()
         # A thread per exit: it may run the runtime (kill --all), whose own
         # exit only the reaper can collect, and it waits for the output.
         threading.Thread(

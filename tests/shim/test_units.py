@@ -853,3 +853,31 @@ def test_oom_is_watched_once_and_only_for_a_start_that_may_run(tmp_path: Path) -
     with pytest.raises(FailedPrecondition):
         service.start(messages.StartRequest(id="c1"), None)
     assert oom.watched == []
+
+
+def test_exec_reaped_but_not_yet_reported_is_not_signalled(tmp_path: Path) -> None:
+    """Between the reap of an exec and its reported exit (its output still being
+    copied) its pid is free for the kernel to give to another process: a Kill
+    must not signal that pid (containerd marks the exec exited when reaped)."""
+    from dockyard.shim.process import Exec
+
+    service, container = _service_with(tmp_path, FakeRuntime())
+    container.init.start()
+    ex = container.add_exec("e1", Stdio(), {})
+    # A process that got the exec's pid after the exec was reaped.
+    other = subprocess.Popen(["sleep", "60"])
+    released = threading.Event()
+    try:
+        ex.pid, ex.state = other.pid, RUNNING
+        ex.wait_output = lambda: released.wait(30)
+        service._by_pid[ex.pid] = (container, ex)
+        service.on_exit(Exit(ex.pid, 0, 1))
+        with pytest.raises(NotFound, match="already finished"):
+            ex.kill(9)
+        assert other.poll() is None, "the signal went to another process"
+    finally:
+        released.set()
+        other.kill()
+        other.wait()
+    assert ex.wait(30) and isinstance(ex, Exec)
+    assert [t for t, _ in service.publisher.published] == ["/tasks/exit"]
