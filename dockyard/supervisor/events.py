@@ -111,6 +111,7 @@ class Exchange:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subscribers: list[_Subscriber] = []
+        self._closed = False
 
     def publish(self, namespace: str, topic: str, event: Message | any_pb2.Any) -> Envelope:
         """Publish ``event`` (a message, packed with its type URL, or an Any)."""
@@ -150,6 +151,8 @@ class Exchange:
         SubscriberTooSlow after the queued ones when the reader fell too far behind."""
         sub = _Subscriber(matcher(filters))
         with self._lock:
+            # one that comes after close() (a Subscribe while the daemon stops) ends now
+            sub.closed = self._closed
             self._subscribers.append(sub)
         try:
             while True:
@@ -170,6 +173,7 @@ class Exchange:
     def close(self) -> None:
         """End every subscription (the daemon is stopping)."""
         with self._lock:
+            self._closed = True
             subscribers = list(self._subscribers)
         for sub in subscribers:
             with sub.cond:

@@ -160,3 +160,58 @@ def test_subscribers_see_concurrent_publishes_in_one_order(monkeypatch: pytest.M
     b.wait_for(2)
     ex.close()
     assert [cid(e) for e in a.got] == [cid(e) for e in b.got]
+
+
+def test_a_subscription_after_close_ends_at_once() -> None:
+    ex = Exchange()
+    ex.close()
+    reader = Reader(ex.subscribe())
+    reader.join()
+    assert reader.error is None
+    assert not ex._subscribers
+
+
+def test_close_ends_every_subscription_and_forgets_it() -> None:
+    ex = Exchange()
+    readers = [subscribed(ex) for _ in range(20)]
+    ex.publish("ns", "/t", oom("x"))
+    ex.close()
+    for r in readers:
+        r.join()
+        assert r.error is None
+    assert not ex._subscribers
+
+
+def test_a_subscriber_gone_is_removed_without_an_event_to_wake_it() -> None:
+    ex = Exchange()
+    active = True
+    r = subscribed(ex, is_active=lambda: active)
+    active = False
+    r.join()
+    assert not ex._subscribers
+
+
+def test_many_publishers_and_subscribers_each_in_order() -> None:
+    """All (fewer than a queue holds) reach every subscriber in one order."""
+    ex = Exchange()
+    readers = [subscribed(ex) for _ in range(16)]
+
+    def publisher(n: int) -> None:
+        for i in range(100):
+            ex.publish("ns", "/t", oom(f"{n}-{i}"))
+
+    publishers = [threading.Thread(target=publisher, args=(n,)) for n in range(8)]
+    for t in publishers:
+        t.start()
+    for t in publishers:
+        t.join(TIMEOUT)
+    for r in readers:
+        r.wait_for(800)
+    ex.close()
+    first = [cid(e) for e in readers[0].got]
+    for r in readers:
+        r.join()
+        assert [cid(e) for e in r.got] == first
+    for n in range(8):
+        mine = [c for c in first if c.startswith(f"{n}-")]
+        assert mine == [f"{n}-{i}" for i in range(100)]
