@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 
 from dockyard.api import typeurl
 from dockyard.errors import DockyardError, InvalidArgument
+from dockyard.filters import map_field as filters_map_field
 from dockyard.filters import matcher as filters_matcher
 
 # A subscriber's queue: one that falls further behind is ended.
@@ -57,25 +58,33 @@ class Envelope:
 
 
 def _event_field(event: any_pb2.Any, path: list[str]) -> str | None:
+    """An event's field as containerd's generated ``Field`` methods give it:
+    a string when not empty, a bool as ``true``/``false``, a number as its
+    digits, ``labels.<key>`` with the rest of the path joined by dots as the
+    key; lists, maps and messages themselves are not fields."""
     try:
         msg = typeurl.unpack(event)
     except Exception:
         return None
     value: object = msg
-    for name in path:
-        if isinstance(value, Message):
-            if name not in value.DESCRIPTOR.fields_by_name:
-                return None
-            value = getattr(value, name)
-        elif isinstance(value, dict) or hasattr(value, "get"):
-            try:
-                value = value[name]  # type: ignore[index]
-            except (KeyError, TypeError):
-                return None
-        else:
+    for i, name in enumerate(path):
+        if not isinstance(value, Message) or name not in value.DESCRIPTOR.fields_by_name:
             return None
+        fd = value.DESCRIPTOR.fields_by_name[name]
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            # a missing key is absent (indexing a protobuf map would add it)
+            return filters_map_field(getattr(value, name), path[i + 1 :])
+        if fd.is_repeated:
+            return None
+        if fd.message_type is not None and not value.HasField(name):
+            return None  # an unset message: nothing under it (containerd's nil)
+        value = getattr(value, name)
     if isinstance(value, Message):
         return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value or None
     return str(value)
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 
 import pytest
+from google.protobuf.message import Message
 
 from dockyard.api import typeurl
-from dockyard.api.events import task_pb2
+from dockyard.api.events import image_pb2, task_pb2
 from dockyard.supervisor import events
 from dockyard.supervisor.events import Envelope, Exchange
 
@@ -215,3 +217,30 @@ def test_many_publishers_and_subscribers_each_in_order() -> None:
     for n in range(8):
         mine = [c for c in first if c.startswith(f"{n}-")]
         assert mine == [f"{n}-{i}" for i in range(100)]
+
+
+@pytest.mark.parametrize(
+    ("event", "filter_", "matches"),
+    [
+        # strings: an empty one is absent, as containerd's generated Field says
+        (task_pb2.TaskExit(container_id="c"), "event.id", False),
+        (task_pb2.TaskExit(container_id="c", id="e"), "event.id", True),
+        (task_pb2.TaskExit(container_id="c"), "event.container_id==c", True),
+        # bools as Go prints them
+        (task_pb2.TaskCreate(io=task_pb2.TaskIO(terminal=True)), "event.io.terminal==true", True),
+        (task_pb2.TaskCreate(io=task_pb2.TaskIO(stdin="i")), "event.io.terminal==false", True),
+        (task_pb2.TaskCreate(), "event.io.terminal", False),  # no io: nothing under it
+        # labels: the rest of the path is the key, dots and all; a missing key is absent
+        (image_pb2.ImageCreate(name="i", labels={"a.b": "1"}), "event.labels.a.b==1", True),
+        (image_pb2.ImageCreate(name="i", labels={"a.b": "1"}), 'event.labels."a.b"==1', True),
+        (image_pb2.ImageCreate(name="i", labels={"a.b": "1"}), "event.labels.nope", False),
+        (image_pb2.ImageCreate(name="i", labels={"a": "1"}), "event.labels", False),
+        # lists are not fields
+        (task_pb2.TaskCreate(container_id="c"), "event.rootfs", False),
+    ],
+)
+def test_event_fields_as_containerd_filters_see_them(
+    event: Message, filter_: str, matches: bool
+) -> None:
+    env = Envelope(datetime.now(UTC), "ns", "/t", typeurl.pack(event))
+    assert events.matcher([filter_])(env) is matches
