@@ -421,6 +421,16 @@ class Exec(Process):
             if started is not None:
                 started()
 
+    def abandon(self) -> None:
+        """Its container is deleted: if never started, it never will be; Wait returns."""
+        if not self._op.acquire(blocking=False):
+            return  # a start under way: it fails (or not) and unblocks Wait itself
+        try:
+            if Process.status(self) == CREATED:
+                self._unblock_failed_start()
+        finally:
+            self._op.release()
+
     def kill(self, sig: int, all: bool = False) -> None:
         with self._lock:
             pid, exited, state = self.pid, self._exited.is_set() or self._reaped, self.state

@@ -327,6 +327,7 @@ class TaskService:
             # those that exited give back their stdio now (a shim serving a
             # sandbox lives on), the others once they exit (_finish_exit).
             for ex in c.execs():
+                ex.abandon()  # one never started: its Wait returns
                 if ex.status() == STOPPED:
                     ex.release_io()
             if self._oom is not None:

@@ -881,3 +881,19 @@ def test_exec_reaped_but_not_yet_reported_is_not_signalled(tmp_path: Path) -> No
         other.wait()
     assert ex.wait(30) and isinstance(ex, Exec)
     assert [t for t, _ in service.publisher.published] == ["/tasks/exit"]
+
+
+def test_wait_on_a_never_started_exec_returns_when_its_container_is_deleted(
+    tmp_path: Path,
+) -> None:
+    """Once the init is deleted nothing can start or delete its execs: a Wait on
+    one never started would hang for ever (a shim serving a sandbox lives on)."""
+    service, container = _service_with(tmp_path, FakeRuntime())
+    container.init.start()
+    ex = container.add_exec("never", Stdio(), {})
+    container.init.set_exited(0, 1)
+    service.delete(messages.DeleteRequest(id="c1"), None)
+    assert ex.wait(5), "Wait on the exec never returns"
+    assert ex.status() == STOPPED
+    with pytest.raises(FailedPrecondition):
+        ex.start()
