@@ -13,6 +13,7 @@ missing one.
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -28,7 +29,8 @@ from dockyard.api.services.events.v1 import events_pb2, events_pb2_grpc
 from dockyard.api.services.ttrpc.events.v1 import events_pb2 as ttrpc_events_pb2
 from dockyard.ttrpc import Client, Error
 from tests.compat import host
-from tests.supervisor.conftest import Supervisor
+from tests.images import ImageArchive
+from tests.supervisor.conftest import Supervisor, private_supervisor
 from tests.supervisor.taskutil import EventLog
 
 TTRPC_SERVICE = "containerd.services.events.ttrpc.v1.Events"
@@ -153,3 +155,33 @@ def test_a_bad_envelope_is_refused(
     # it would be there before this one
     assert forward(supervisor, path, **{**good, "event": oom("after")}) is None
     assert received(events, topic).event == oom("after")
+
+
+def test_a_bad_filter_is_refused_before_subscribing(supervisor: Supervisor) -> None:
+    with supervisor.channel() as ch:
+        stream = events_pb2_grpc.EventsStub(ch).Subscribe(
+            events_pb2.SubscribeRequest(filters=['topic=="/ok"', "topic=="]), timeout=10
+        )
+        with pytest.raises(grpc.RpcError) as e:
+            next(stream)
+        call: Any = e.value
+        assert call.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_stopping_the_supervisor_ends_its_subscriptions_cleanly(
+    tmp_path_factory: pytest.TempPathFactory, busybox_archive: ImageArchive
+) -> None:
+    base = tmp_path_factory.mktemp("sup")
+    with private_supervisor(base, "dy-" + uuid.uuid4().hex[:8], busybox_archive) as daemon:
+        logs = [EventLog(daemon).start() for _ in range(3)]
+        try:
+            daemon.kill(signal.SIGTERM)
+            for log in logs:
+                assert log._thread is not None
+                log._thread.join(10)
+                assert not log._thread.is_alive(), "a subscription outlived the supervisor"
+                # ended by the daemon, not cut off when its grace ran out
+                assert log._stream.code() == grpc.StatusCode.OK
+        finally:
+            for log in logs:
+                log.close()
