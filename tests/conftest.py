@@ -20,7 +20,11 @@ from typing import Any
 
 import pytest
 
-from dockyard.spec.runtime import DOCKER_DEFAULT_CAPABILITIES
+from dockyard.spec.runtime import (
+    DEFAULT_MASKED_PATHS,
+    DEFAULT_READONLY_PATHS,
+    DOCKER_DEFAULT_CAPABILITIES,
+)
 from tests import leaks
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
@@ -106,25 +110,8 @@ def base_config(test_id: str) -> dict[str, Any]:
                 {"type": "uts"},
                 {"type": "mount"},
             ],
-            "maskedPaths": [
-                "/proc/acpi",
-                "/proc/asound",
-                "/proc/kcore",
-                "/proc/keys",
-                "/proc/latency_stats",
-                "/proc/timer_list",
-                "/proc/timer_stats",
-                "/proc/sched_debug",
-                "/sys/firmware",
-                "/proc/scsi",
-            ],
-            "readonlyPaths": [
-                "/proc/bus",
-                "/proc/fs",
-                "/proc/irq",
-                "/proc/sys",
-                "/proc/sysrq-trigger",
-            ],
+            "maskedPaths": list(DEFAULT_MASKED_PATHS),
+            "readonlyPaths": list(DEFAULT_READONLY_PATHS),
         },
     }
 
