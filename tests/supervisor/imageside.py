@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 import shutil
 import subprocess
+import tarfile
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -186,3 +188,15 @@ def gc_settled(sup: Supervisor, ns: str) -> None:
         30,
         f"garbage collection of namespace {ns}",
     )
+
+
+def layer(files: dict[str, bytes]) -> bytes:
+    """An uncompressed layer tar of regular files (name -> content), mode 0644."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in files.items():
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            ti.mode = 0o644
+            tf.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()

@@ -44,6 +44,7 @@ from tests.supervisor.imageside import (
     digest_of,
     empty_namespace,
     fails,
+    layer,
     md,
     open_namespace,
     write_blob,
@@ -108,17 +109,6 @@ def refused(sup: Supervisor, code: grpc.StatusCode, match: str) -> Iterator[None
 
 
 # -- snapshots to point mounts at ----------------------------------------------
-
-
-def layer(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for name, data in files.items():
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            ti.mode = 0o644
-            tf.addfile(ti, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def prepare(

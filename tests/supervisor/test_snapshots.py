@@ -34,6 +34,7 @@ from tests.supervisor.imageside import (
     digest_of,
     empty_namespace,
     fails,
+    layer,
     md,
     mounts_of,
     open_namespace,
@@ -87,17 +88,6 @@ def mounted(mounts: list[mount_pb2.Mount], where: Path) -> Iterator[Path]:
         yield where
     finally:
         unmount_all(str(where))
-
-
-def layer(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for name, data in files.items():
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            ti.mode = 0o644
-            tf.addfile(ti, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def test_lifecycle_names_have_no_prefix(
