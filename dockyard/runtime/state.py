@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 
 from dockyard import jsonio
-from dockyard.atomicfile import replace_file
 from dockyard.errors import AlreadyExists, InvalidArgument, NotFound
 
 TYPE_CHECKING = False
@@ -146,6 +145,9 @@ class ContainerState:
         return out
 
     def save(self) -> None:
+        # Imported here: start, kill, state and delete never save (per-command start-up).
+        from dockyard.atomicfile import replace_file
+
         replace_file(os.path.join(self.dir, STATE_FILE), jsonio.dumps(self.data).encode(), 0o600)
 
 
