@@ -11,6 +11,7 @@ io.containerd.runc.v2).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
@@ -30,13 +31,15 @@ RUNTIME = "io.containerd.dockyard.v2"
 DOCKYARD_STATE = "/run/dockyard/runtime"
 
 
-@pytest.fixture(scope="module")
-def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]:
+@contextlib.contextmanager
+def containerd_with_our_shim(base: Path, **env: str) -> Iterator[Containerd]:
+    """A private containerd that finds our shim first on its PATH (``env``: more
+    of its environment); the runtime state it leaves under DOCKYARD_STATE goes."""
     shim_binary()
-    env = dict(os.environ, PATH=f"{BIN_DIR}:{os.environ.get('PATH', '')}")
+    full_env = dict(os.environ, PATH=f"{BIN_DIR}:{os.environ.get('PATH', '')}", **env)
     created = host.CreatedDirs("/run/dockyard", DOCKYARD_STATE)
     try:
-        with private_containerd(tmp_path_factory.mktemp("ctrd"), env=env) as daemon:
+        with private_containerd(base, env=full_env) as daemon:
             try:
                 yield daemon
             finally:
@@ -47,6 +50,12 @@ def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]
                     pass
     finally:
         created.cleanup()
+
+
+@pytest.fixture(scope="module")
+def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]:
+    with containerd_with_our_shim(tmp_path_factory.mktemp("ctrd")) as daemon:
+        yield daemon
 
 
 class Runner:
@@ -224,7 +233,6 @@ def test_task_outlives_a_containerd_restart(runner: Runner, containerd: Containe
 def templated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Containerd, int]]:
     """A containerd whose environment names a ``dockyard-shim-template`` (started
     as an operator would, from its launcher): (the daemon, the template's pid)."""
-    shim_binary()
     base = tmp_path_factory.mktemp("ctrd-tpl")
     sock_dir = base / "template"
     sock_dir.mkdir(mode=0o700)
@@ -235,26 +243,13 @@ def templated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Contai
         stdout=subprocess.PIPE,
         start_new_session=True,
     )
-    created = host.CreatedDirs("/run/dockyard", DOCKYARD_STATE)
     try:
         assert template.stdout is not None
         assert template.stdout.readline() == b"ready\n", "the template did not start"
-        env = dict(
-            os.environ,
-            PATH=f"{BIN_DIR}:{os.environ.get('PATH', '')}",
-            DOCKYARD_SHIM_TEMPLATE=socket_path,
-        )
-        with private_containerd(base / "ctrd", env=env) as daemon:
-            try:
-                yield daemon, template.pid
-            finally:
-                try:
-                    os.rmdir(os.path.join(DOCKYARD_STATE, daemon.namespace))
-                except OSError:
-                    pass
+        with containerd_with_our_shim(base / "ctrd", DOCKYARD_SHIM_TEMPLATE=socket_path) as daemon:
+            yield daemon, template.pid
     finally:
         host.stop_process(template)
-        created.cleanup()
 
 
 def test_under_containerd_shims_are_forked_from_a_template(
