@@ -7,9 +7,10 @@
   never takes the daemon down.
 - ``batches``: a streamed list in messages of at most 100 entries, as
   containerd sends them.
+- ``typed_any``: a record's kept ``Any`` as the message it goes out in.
 
 The timestamp conversions are the API's (``dockyard.api.convert``), shared
-with the client; the services import them from here too.
+with the client; the services import them from there.
 """
 
 from __future__ import annotations
