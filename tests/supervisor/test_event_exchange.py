@@ -20,6 +20,7 @@ from dockyard.api import typeurl
 from dockyard.api.events import image_pb2, task_pb2
 from dockyard.supervisor import events
 from dockyard.supervisor.events import Envelope, Exchange
+from tests.compat import host
 
 TIMEOUT = 10.0
 
@@ -52,7 +53,7 @@ class Reader:
             self.error = e
 
     def wait_for(self, n: int) -> None:
-        wait_until(lambda: len(self.got) >= n)
+        host.wait_for(lambda: len(self.got) >= n, TIMEOUT, f"{n} events read")
 
     def join(self) -> None:
         self.thread.join(TIMEOUT)
@@ -63,15 +64,8 @@ def subscribed(ex: Exchange, *filters: str, is_active: Callable[[], bool] = lamb
     """A subscription read in a thread, once it is registered with the exchange."""
     before = len(ex._subscribers)
     reader = Reader(ex.subscribe(filters, is_active=is_active))
-    wait_until(lambda: len(ex._subscribers) > before)
+    host.wait_for(lambda: len(ex._subscribers) > before, TIMEOUT, "the subscription")
     return reader
-
-
-def wait_until(cond: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_a_subscriber_that_stops_reading_is_ended_with_an_error_not_skipped(
@@ -84,7 +78,7 @@ def test_a_subscriber_that_stops_reading_is_ended_with_an_error_not_skipped(
     # the reader registers, takes one event and stops reading
     t = threading.Thread(target=lambda: first.append(cid(next(stream))), daemon=True)
     t.start()
-    wait_until(lambda: bool(ex._subscribers))
+    host.wait_for(lambda: bool(ex._subscribers), TIMEOUT, "the subscription")
     ex.publish("ns", "/t", oom("0"))
     t.join(TIMEOUT)
     assert first == ["0"]
@@ -107,7 +101,7 @@ def test_a_stalled_subscriber_does_not_hold_up_another(monkeypatch: pytest.Monke
     stalled = ex.subscribe()
     t = threading.Thread(target=lambda: next(stalled, None), daemon=True)
     t.start()
-    wait_until(lambda: bool(ex._subscribers))
+    host.wait_for(lambda: bool(ex._subscribers), TIMEOUT, "the subscription")
     reader = subscribed(ex)
     ex.publish("ns", "/t", oom("x"))
     t.join(TIMEOUT)
