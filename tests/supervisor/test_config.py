@@ -1,6 +1,8 @@
 """The supervisor's configuration file: the gRPC socket is mode 0660 and
 belongs to the group ``[grpc] gid`` names (a number or a group name), and a
-bad value is refused with the key named, before anything is served."""
+bad value is refused with the key named, before anything is served. Several
+supervisors run side by side, one per root: a second on a root in use is
+refused."""
 
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def test_gid_takes_a_number_or_a_group_name() -> None:
             config.from_dict({"grpc": {"gid": bad}})
 
 
-def _supervisor(base: Path, toml: str) -> subprocess.Popen[bytes]:
+def _supervisor(base: Path, toml: str = "", root: Path | None = None) -> subprocess.Popen[bytes]:
     cfg = base / "config.toml"
     cfg.write_text(toml)
     log = (base / "supervisor.log").open("ab")
@@ -47,7 +49,7 @@ def _supervisor(base: Path, toml: str) -> subprocess.Popen[bytes]:
                 "-m",
                 "dockyard.supervisor.main",
                 *("--config", str(cfg)),
-                *("--root", str(base / "root"), "--state", str(base / "state")),
+                *("--root", str(root or base / "root"), "--state", str(base / "state")),
                 *("--address", str(base / "sup.sock")),
             ],
             stdin=subprocess.DEVNULL,
@@ -85,3 +87,37 @@ def test_a_bad_gid_is_refused_before_serving(tmp_path: Path) -> None:
         "grpc.gid: no group named 'no-such-group-here'" in (tmp_path / "supervisor.log").read_text()
     )
     assert not (tmp_path / "sup.sock").exists()
+
+
+def _serving(proc: subprocess.Popen[bytes], sock: Path) -> bool:
+    if proc.poll() is not None:
+        raise AssertionError(f"supervisor exited {proc.returncode}")
+    if not sock.exists():
+        return False
+    p = subprocess.run(
+        ["ctr", "--address", str(sock), "version"], capture_output=True, timeout=30, check=False
+    )
+    return p.returncode == 0
+
+
+def test_side_by_side_one_per_root(tmp_path: Path) -> None:
+    a, b, c = (tmp_path / n for n in "abc")
+    for d in (a, b, c):
+        d.mkdir()
+    first, other = _supervisor(a), _supervisor(b)
+    try:
+        host.wait_for(lambda: _serving(first, a / "sup.sock"), 30, "the first supervisor")
+        host.wait_for(lambda: _serving(other, b / "sup.sock"), 30, "one on another root")
+        second = _supervisor(c, root=a / "root")
+        try:
+            assert second.wait(30) != 0
+        finally:
+            host.stop_process(second)
+        log = (c / "supervisor.log").read_text()
+        assert "another supervisor is using it" in log, log
+        assert _serving(first, a / "sup.sock"), "the first one serves on"
+    finally:
+        for proc in (first, other):
+            host.stop_process(proc)
+        for d in (a, b, c):
+            host.remove_tree(d)
