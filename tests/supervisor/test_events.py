@@ -21,9 +21,10 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
+from google.protobuf import any_pb2, empty_pb2
 
 from dockyard.api import typeurl
+from dockyard.api.convert import to_timestamp
 from dockyard.api.events import task_pb2 as task_events
 from dockyard.api.services.events.v1 import events_pb2, events_pb2_grpc
 from dockyard.api.services.ttrpc.events.v1 import events_pb2 as ttrpc_events_pb2
@@ -35,6 +36,7 @@ from tests.supervisor.taskutil import EventLog
 
 TTRPC_SERVICE = "containerd.services.events.ttrpc.v1.Events"
 WHEN = datetime(2020, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+SENT_AT = to_timestamp(WHEN)  # copied into each envelope made with it
 
 
 def forward(sup: Supervisor, path: str, **envelope: Any) -> str | None:
@@ -61,12 +63,6 @@ def forward(sup: Supervisor, path: str, **envelope: Any) -> str | None:
         except Error as e:
             return e.grpc_code
     return None
-
-
-def timestamp() -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(WHEN)
-    return ts
 
 
 def oom(cid: str) -> any_pb2.Any:
@@ -102,7 +98,7 @@ def test_an_envelope_is_passed_on_as_it_came(
     supervisor: Supervisor, events: EventLog, topic: str, path: str
 ) -> None:
     # another namespace than the fixture's: the envelope's own is kept
-    sent = {"namespace": "elsewhere", "topic": topic, "timestamp": timestamp(), "event": oom("a")}
+    sent = {"namespace": "elsewhere", "topic": topic, "timestamp": SENT_AT, "event": oom("a")}
     assert forward(supervisor, path, **sent) is None
     env = received(events, topic)
     assert env.timestamp.ToDatetime(tzinfo=UTC) == WHEN
@@ -115,7 +111,7 @@ def test_an_envelope_without_an_event_is_passed_on_without_one(
     supervisor: Supervisor, events: EventLog, topic: str, path: str
 ) -> None:
     ns = supervisor.namespace
-    assert forward(supervisor, path, namespace=ns, topic=topic, timestamp=timestamp()) is None
+    assert forward(supervisor, path, namespace=ns, topic=topic, timestamp=SENT_AT) is None
     assert not received(events, topic).HasField("event")
 
 
@@ -147,7 +143,7 @@ def test_a_bad_envelope_is_refused(
     good = {
         "namespace": supervisor.namespace,
         "topic": topic,
-        "timestamp": timestamp(),
+        "timestamp": SENT_AT,
         "event": oom("refused"),
     }
     assert forward(supervisor, path, **{**good, **fields}) == "INVALID_ARGUMENT"
