@@ -135,8 +135,7 @@ class ImageStore(Store):
         db = self.db
         # one read, in the write's transaction: no other update lands in between,
         # and what is returned is what was written without reading it back
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             row = db.execute(
                 "SELECT target, labels, created FROM images WHERE namespace = ? AND name = ?",
                 (namespace, image.name),
@@ -168,10 +167,6 @@ class ImageStore(Store):
                 " WHERE namespace = ? AND name = ?",
                 (json.dumps(target.to_json()), json.dumps(labels), now, namespace, image.name),
             )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         return Image(image.name, target, labels, from_unix_nanos(row[2]), from_unix_nanos(now))
 
     def delete(self, namespace: str, name: str) -> None:

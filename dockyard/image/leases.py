@@ -246,16 +246,6 @@ class LeaseStore(Store):
         ).fetchall()
         return [Resource(t, i) for t, i in rows]
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
-
 
 def _lease(row: tuple[str, str, int]) -> Lease:
     lease_id, labels, created = row

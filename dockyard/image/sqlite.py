@@ -10,9 +10,11 @@ autocommit mode with a busy timeout, and SQLite's locking orders the writers
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 
 
 class Connections:
@@ -57,6 +59,18 @@ class Store:
     def db(self) -> sqlite3.Connection:
         """This thread's connection (the supervisor's worker threads share the store)."""
         return self._conns.get()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction on this thread's connection, the database
+        locked from its start; rolled back if the block raises."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def close(self) -> None:
         self._conns.close()
