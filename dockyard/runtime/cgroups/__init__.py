@@ -298,8 +298,7 @@ def warm_migration(root: str = DEFAULT_ROOT) -> None:
     kernel's ``favordynmods`` and v2's CLONE_INTO_CGROUP make it moot.
     """
     try:
-        with open("/proc/self/cgroup") as f:
-            own = parse_proc_cgroup(f.read())
+        own = own_cgroups()
     except OSError:
         return
     candidates = [
