@@ -119,11 +119,6 @@ class TerminalProxy:
         except OSError:
             pass
 
-    def finish(self) -> None:
-        # the output thread ends when the pty's last user closes it
-        self.threads[0].join(timeout=2)
-        self.close()
-
     def serve(self, pid: int) -> int:
         """Copy until ``pid`` exits, signals forwarded to it; its exit code.
         The terminal is restored and the proxy closed, also on failure."""
@@ -132,7 +127,8 @@ class TerminalProxy:
         try:
             self.start(pid)
             code = wait_forwarding_signals(pid)
-            self.finish()
+            # the output thread ends when the pty's last user closes it
+            self.threads[0].join(timeout=2)
         finally:
             self.close()
         return code
