@@ -188,26 +188,22 @@ class Message:
         pos = 0
         end = len(data)
         while pos < end:
-            number, wire, got, pos = read_field(data, pos)
+            number, wire, value, pos = read_field(data, pos)
             f = self._by_number.get(number)
-            if f is None:
-                continue  # unknown field: skipped
-            if isinstance(got, int):
-                self._set(f, wire, got, None)
-            elif wire == LEN:
-                self._set(f, wire, 0, got)
-            else:
-                self._set(f, wire, 0, None)  # fixed-width: no field of ours has one
+            if f is not None:  # an unknown field is skipped
+                self._set(f, wire, value)
 
-    def _set(self, f: Field, wire: int, value: int, payload: bytes | None) -> None:
+    def _set(self, f: Field, wire: int, value: int | bytes) -> None:
+        """Store a field as read_field read it: an int for a varint, else its
+        bytes (no field of ours is fixed-width: those are refused)."""
         if f.kind in (UINT, INT, BOOL):
             values: list[int]
-            if wire == VARINT:
+            if isinstance(value, int):
                 values = [value]
-            elif wire == LEN and f.repeated and payload is not None:
+            elif wire == LEN and f.repeated:
                 values, pos = [], 0
-                while pos < len(payload):
-                    v, pos = read_varint(payload, pos)
+                while pos < len(value):
+                    v, pos = read_varint(value, pos)
                     values.append(v)
             else:
                 raise DecodeError(f"field {f.name}: wrong wire type {wire}")
@@ -219,26 +215,26 @@ class Message:
             else:
                 setattr(self, f.name, converted[-1])
             return
-        if wire != LEN or payload is None:
+        if wire != LEN or isinstance(value, int):
             raise DecodeError(f"field {f.name}: wrong wire type {wire}")
         item: Any
         if f.kind == STRING:
             try:
-                item = payload.decode()
+                item = value.decode()
             except UnicodeDecodeError:
                 raise DecodeError(f"field {f.name}: invalid UTF-8") from None
         elif f.kind == BYTES:
-            item = payload
+            item = value
         elif f.kind == MAP:
-            entry = _MapEntry.FromString(payload)
+            entry = _MapEntry.FromString(value)
             getattr(self, f.name)[entry.key] = entry.value
             return
         else:
             assert f.cls is not None
             if not f.repeated and getattr(self, f.name) is not None:
-                getattr(self, f.name)._merge(payload)  # a repeated singular message merges
+                getattr(self, f.name)._merge(value)  # a repeated singular message merges
                 return
-            item = f.cls.FromString(payload)
+            item = f.cls.FromString(value)
         if f.repeated:
             getattr(self, f.name).append(item)
         else:
