@@ -252,13 +252,7 @@ class Client:
             else:
                 return True
             if sent:
-                with self._lock:
-                    if self._closed is None:
-                        self._closed = "a request was cut off by its deadline"
-                    try:
-                        self._sock.shutdown(_socket.SHUT_RDWR)
-                    except OSError:
-                        pass
+                self._end("a request was cut off by its deadline")
             return False
         finally:
             self._write_lock.release()
@@ -284,16 +278,21 @@ class Client:
 
     def close(self) -> None:
         """End the connection; pending calls fail with ConnectionClosed. Idempotent."""
+        self._end("client closed")
+        if threading.current_thread() is not self._reader:
+            self._reader.join()
+
+    def _end(self, reason: str) -> None:
+        """Mark the connection ended (for ``reason``, unless it already was) and
+        shut the socket down: the reader then fails every pending call."""
         with self._lock:
             if self._closed is None:
-                self._closed = "client closed"
+                self._closed = reason
             if not self._sock_closed:
                 try:
                     self._sock.shutdown(_socket.SHUT_RDWR)
                 except OSError:
                     pass
-        if threading.current_thread() is not self._reader:
-            self._reader.join()
 
     def __enter__(self) -> Client:
         return self
