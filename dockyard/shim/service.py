@@ -54,8 +54,6 @@ if TYPE_CHECKING:
 
 TASK_SERVICE = "containerd.task.v2.Task"
 
-# containerd's topics (runtime/events.go)
-
 _STATUS = {
     "created": m.CREATED,
     "running": m.RUNNING,
