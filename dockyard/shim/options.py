@@ -132,10 +132,9 @@ def read_config(path: str) -> ShimOptions:
 def save(bundle: str, runtime: str, root: str, systemd_cgroup: bool) -> None:
     """What the ``delete`` action needs to clean up without the shim."""
     from dockyard import jsonio
-
-    data = {"runtime": runtime, "root": root, "systemd_cgroup": systemd_cgroup}
     from dockyard.atomicfile import replace_file
 
+    data = {"runtime": runtime, "root": root, "systemd_cgroup": systemd_cgroup}
     replace_file(os.path.join(bundle, OPTIONS_FILE), jsonio.dumps(data).encode())
 
 
