@@ -10,8 +10,6 @@ import _signal as signal  # type: ignore[import-not-found]  # public module impo
 import os
 import time
 
-from dockyard.runtime import state as st
-
 _NOT_FORWARDED = {signal.SIGCHLD, signal.SIGKILL, signal.SIGSTOP, signal.SIGWINCH}
 
 
@@ -65,6 +63,8 @@ def kill_and_wait(pid: int, timeout: float = 10.0) -> None:
             if os.waitpid(pid, os.WNOHANG)[0]:
                 return
         except ChildProcessError:
-            if st.process_start_time(pid) is None:
+            from dockyard.runtime.state import process_start_time
+
+            if process_start_time(pid) is None:
                 return
         time.sleep(0.005)
